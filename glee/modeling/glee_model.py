@@ -1,0 +1,329 @@
+"""The GLEE network: backbone, CLIP text encoder, visual prompter, pixel decoder and object decoder.
+
+One forward serves every task; what changes is the prompt:
+
+* ``categories``   -- a list of class names (detection / instance segmentation / class-agnostic)
+* ``expressions``  -- one referring expression per image (REC / RES)
+* ``visual_prompt_masks`` (+ ``visual_prompt_type``) -- interactive segmentation; combine with
+  ``categories=["object"]`` as the official demo does.
+
+Inputs are normalised images; sizes that are not a multiple of ``size_divisibility`` are zero-padded at the
+bottom and right, so boxes are relative to the padded size (``GleeOutput.padded_size``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glee.config import GleeConfig
+from glee.modeling.backbones import build_backbone
+from glee.modeling.object_decoder import DecoderPrompt, DenoisingQueries, ObjectDecoder
+from glee.modeling.pixel_decoder import PixelDecoder
+from glee.modeling.text_encoder import ClipTextModel, masked_mean
+from glee.modeling.visual_prompt import FeatureFuser, point_tokens, prompt_points, sample_points, template_crops
+from glee.tokenizer import ClipTokenizer
+
+VISUAL_PROMPT_TYPES = ("point", "box", "scribble", "mask")
+
+
+@dataclass
+class CategoryEmbeddings:
+    """Encoded class names: what the category path of a forward needs, reusable across images."""
+
+    names: list[str]
+    class_embeddings: Tensor  # [K, C] mean of projected CLIP token features over BOS..EOS
+    fusion_tokens: Tensor  # [T, C] every valid projected token of every name, concatenated
+    input_ids: Tensor  # [K, L]
+    attention_mask: Tensor  # [K, L]
+
+
+@dataclass
+class ExpressionEmbeddings:
+    """Encoded referring expressions, one per image."""
+
+    texts: list[str]
+    tokens: Tensor  # [B, L, C] projected token features (padding included)
+    attention_mask: Tensor  # [B, L]
+    grounding_class: Tensor  # [B, C] masked mean
+    input_ids: Tensor  # [B, L]
+
+
+@dataclass
+class GleeOutput:
+    """Model-level predictions.  B images, Q queries, K classes (1 for expressions)."""
+
+    pred_logits: Tensor  # [B, Q, K] raw class logits (dot product with the text embedding)
+    pred_scores: Tensor  # [B, Q, 1] raw confidence logits
+    pred_boxes: Tensor  # [B, Q, 4] sigmoid (cx, cy, w, h) relative to ``padded_size``
+    pred_masks: Tensor  # [B, Q, H/s, W/s] mask logits, s = ``mask_stride``
+    query_embeddings: Tensor  # [B, Q, C] last decoder layer, LayerNorm-ed (the tracking embedding)
+    pixel_embeddings: Tensor  # [B, mask_dim, H/s, W/s] the per-pixel embedding masks are made from
+    padded_size: tuple[int, int]  # (H, W) the network saw
+    mask_stride: int
+    aux_outputs: list[dict[str, Tensor | None]] = field(default_factory=list)
+    interm_outputs: dict[str, Tensor | None] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # text embeddings, prompt points, DN outputs
+
+
+class GleeModel(nn.Module):
+    """GLEE (official ``GLEE_Model``).  State-dict keys follow the official names (see ``glee.checkpoint``)."""
+
+    def __init__(self, cfg: GleeConfig, with_teacher: bool = False, tokenizer: ClipTokenizer | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg)
+        channels = [self.backbone.out_channels[f] for f in self.backbone.out_features]
+        if cfg.visual_prompt:
+            self.sot_fuser = FeatureFuser(channels[-3:], cfg.hidden_dim)
+        self.text_encoder = ClipTextModel(cfg.text)
+        if cfg.text.arch == "clip_frozen":
+            self.text_encoder.requires_grad_(False)
+        if with_teacher:
+            self.text_encoder_teacher = ClipTextModel(cfg.text).requires_grad_(False)
+        self.lang_projection = nn.Parameter(torch.rand(cfg.text.hidden_size, cfg.dim_proj))
+        self.pixel_decoder = PixelDecoder(cfg, self.backbone.out_channels, self.backbone.out_strides)
+        self.predictor = ObjectDecoder(cfg)
+        self.mask_sptial_embed = nn.ParameterList(  # (sic) official name
+            [nn.Parameter(torch.empty(cfg.hidden_dim, cfg.hidden_dim)) for _ in range(cfg.total_num_feature_levels)]
+        )
+        for p in self.mask_sptial_embed:
+            nn.init.trunc_normal_(p, std=0.02)
+        self.pn_indicator = nn.Embedding(2, cfg.hidden_dim)
+        self._tokenizer = tokenizer
+
+    # ------------------------------------------------------------------ text
+    @property
+    def tokenizer(self) -> ClipTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = ClipTokenizer.default(self.cfg.text.max_length)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: ClipTokenizer) -> None:
+        self._tokenizer = value
+
+    @property
+    def device(self) -> torch.device:
+        return self.lang_projection.device
+
+    def encode_text_tokens(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """[N, L] ids -> [N, L, dim_proj] projected CLIP features (``last_hidden_state @ lang_projection``)."""
+        return self.text_encoder(input_ids.to(self.device), attention_mask.to(self.device)) @ self.lang_projection
+
+    def encode_categories(self, names: list[str]) -> CategoryEmbeddings:
+        """Class names -> class embeddings and early-fusion tokens (official category path)."""
+        names = _check_names(names)
+        ids, mask = self.tokenizer(names, pad_to_max_length=self.cfg.text.pad_to_max_length)
+        tokens = self.encode_text_tokens(ids, mask)
+        mask = mask.to(tokens.device)
+        return CategoryEmbeddings(
+            names=names,
+            class_embeddings=masked_mean(tokens, mask),
+            fusion_tokens=tokens.flatten(0, 1)[mask.flatten() > 0],
+            input_ids=ids,
+            attention_mask=mask,
+        )
+
+    def encode_expressions(self, texts: list[str]) -> ExpressionEmbeddings:
+        """Referring expressions (one per image) -> per-token features and pooled embedding."""
+        if isinstance(texts, str) or not texts:
+            raise ValueError("expressions must be a non-empty list of strings, one per image")
+        if any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise ValueError(f"every expression must be a non-empty string, got {texts!r}")
+        ids, mask = self.tokenizer(list(texts), pad_to_max_length=True)
+        tokens = self.encode_text_tokens(ids, mask)
+        mask = mask.to(tokens.device)
+        return ExpressionEmbeddings(
+            texts=list(texts), tokens=tokens, attention_mask=mask, grounding_class=masked_mean(tokens, mask),
+            input_ids=ids,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        images: Tensor,
+        categories: list[str] | CategoryEmbeddings | None = None,
+        expressions: list[str] | ExpressionEmbeddings | None = None,
+        visual_prompt_masks: Tensor | None = None,
+        visual_prompt_type: str = "box",
+        generator: torch.Generator | None = None,
+        denoising: DenoisingQueries | None = None,
+        all_layer_masks: bool = False,
+    ) -> GleeOutput:
+        """
+        Args:
+            images: [B, 3, H, W] float, normalised with ``cfg.pixel_mean`` / ``cfg.pixel_std``.
+            categories: class names (or ``encode_categories`` output) for the category path.
+            expressions: one referring expression per image (or ``encode_expressions`` output).
+            visual_prompt_masks: [B, H, W] bool, one prompt per image, in the same coordinates as ``images``.
+            visual_prompt_type: ``point``, ``box``, ``scribble`` or ``mask``.
+            generator: RNG for subsampling prompts with more than ``max_spatial_len`` pixels (default: global).
+            denoising: DN queries (training).
+            all_layer_masks: masks for every prediction set (training).
+        """
+        images = self._check_images(images)
+        batch = images.shape[0]
+        if categories is None and expressions is None:
+            raise ValueError("give `categories` (class names) or `expressions` (one per image); for visual "
+                             "prompts pass categories=['object'] as the official demo does")
+        if visual_prompt_masks is not None:
+            visual_prompt_masks = self._check_prompt_masks(visual_prompt_masks, images)
+            if not self.cfg.visual_prompt:
+                raise ValueError("this model has no visual prompter (cfg.visual_prompt is False, e.g. a stage-1 "
+                                 "checkpoint); use a stage-2/3 model for interactive segmentation")
+            if visual_prompt_type not in VISUAL_PROMPT_TYPES:
+                raise ValueError(f"visual_prompt_type must be one of {VISUAL_PROMPT_TYPES}, got {visual_prompt_type!r}")
+        padded, (height, width) = self._pad(images)
+        if visual_prompt_masks is not None:
+            visual_prompt_masks = F.pad(
+                visual_prompt_masks, (0, padded.shape[-1] - width, 0, padded.shape[-2] - height)
+            )
+
+        extra: dict[str, Any] = {}
+        fusion_tokens: Tensor | None = None
+        prompt = DecoderPrompt()
+        if expressions is not None:
+            expr = expressions if isinstance(expressions, ExpressionEmbeddings) else self.encode_expressions(expressions)
+            if expr.tokens.shape[0] != batch:
+                raise ValueError(f"got {expr.tokens.shape[0]} expressions for {batch} images; give one per image")
+            prompt.grounding_class = expr.grounding_class
+            prompt.prompt_tokens = [expr.tokens.transpose(0, 1)]
+            prompt.prompt_padding = [expr.attention_mask == 0]
+            fusion_tokens = expr.tokens.float()
+            extra["expressions"] = expr
+        elif categories is not None:
+            cats = categories if isinstance(categories, CategoryEmbeddings) else self.encode_categories(categories)
+            prompt.class_embeddings = cats.class_embeddings
+            fusion_tokens = cats.fusion_tokens[None].expand(batch, -1, -1).float()
+            extra["categories"] = cats
+
+        features = self.backbone(padded)
+        if visual_prompt_masks is not None:
+            crops = template_crops(padded, visual_prompt_masks, visual_prompt_type, self.cfg.visual_template_size)
+            template = self.encode_template(crops)
+            fusion_tokens = template if fusion_tokens is None else torch.cat([fusion_tokens, template], 1)
+        if not self.cfg.early_fusion:
+            fusion_tokens = None
+        pix = self.pixel_decoder(features, fusion_tokens)
+
+        if visual_prompt_masks is not None:
+            prompt.visual_prompt = True
+            prompt.prompt_tokens, prompt.prompt_padding, sampled = self.visual_point_tokens(
+                pix.multi_scale_features, visual_prompt_masks, generator
+            )
+            extra["prompt_points"] = sampled
+            extra["prompt_padding"] = prompt.prompt_padding
+        out = self.predictor(pix.multi_scale_features, pix.mask_features, prompt, denoising, all_layer_masks)
+        if out.dn_outputs is not None:
+            extra["dn_outputs"] = out.dn_outputs
+        return GleeOutput(
+            pred_logits=out.pred_logits,
+            pred_scores=out.pred_scores,
+            pred_boxes=out.pred_boxes,
+            pred_masks=out.pred_masks,
+            query_embeddings=out.pred_track_embed,
+            pixel_embeddings=pix.mask_features,
+            padded_size=(padded.shape[-2], padded.shape[-1]),
+            mask_stride=self.cfg.mask_feature_stride,
+            aux_outputs=out.aux_outputs,
+            interm_outputs=out.interm_outputs,
+            extra=extra,
+        )
+
+    def encode_template(self, crops: Tensor) -> Tensor:
+        """[N, 3, 256, 256] template crops -> [N, T, C] early-fusion tokens (backbone frozen here)."""
+        with torch.no_grad():
+            feats = self.backbone(crops.contiguous())
+        levels = [feats[f] for f in self.backbone.out_features][-3:]
+        return self.sot_fuser(levels).float().flatten(2).transpose(1, 2)
+
+    def visual_point_tokens(
+        self, levels: list[Tensor], masks: Tensor, generator: torch.Generator | None
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per encoder level: prompt tokens [P, B, C], padding [B, P] and the sampled (y, x) points.
+
+        Subsampling draws ``randperm`` in the official order -- first for the (unused) pooled prompt query,
+        then for each level -- so a seeded run reproduces the official point choice.
+        """
+        points = prompt_points(masks)
+        max_len = self.cfg.max_spatial_len
+        for p in points:  # the official pooled query's draw: its result is never used
+            sample_points(p, max_len, generator)
+        tokens, paddings, sampled_all = [], [], []
+        for i, level_map in enumerate(levels):
+            sampled = [sample_points(p, max_len, generator) for p in points]
+            tok, pad = point_tokens(level_map, self.mask_sptial_embed[i], sampled, self.pn_indicator.weight[0])
+            tokens.append(tok)
+            paddings.append(pad)
+            sampled_all.append(sampled)
+        return tokens, paddings, sampled_all
+
+    # ------------------------------------------------------------------ input checks
+    def _check_images(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
+        if images.dim() == 3:
+            raise ValueError(f"images must have rank 4 [B, 3, H, W], got shape {tuple(images.shape)}; "
+                             "add a batch dimension with images[None]")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be a normalised float tensor, got dtype {images.dtype}; "
+                             "use glee.preprocess or (x - cfg.pixel_mean) / cfg.pixel_std")
+        if images.shape[-1] < 1 or images.shape[-2] < 1:
+            raise ValueError(f"images have zero size {tuple(images.shape)}")
+        return images
+
+    def _check_prompt_masks(self, masks: Tensor, images: Tensor) -> Tensor:
+        if masks.dim() == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if masks.dim() != 3 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"visual_prompt_masks must be [B, H, W] = {(images.shape[0], *images.shape[-2:])}, "
+                             f"got {tuple(masks.shape)}")
+        masks = masks.bool()
+        empty = [i for i, m in enumerate(masks) if not m.any()]
+        if empty:
+            raise ValueError(f"visual prompt of image(s) {empty} is empty or lies outside the image; "
+                             "give a point, box or scribble inside the image")
+        return masks
+
+    def _pad(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        h, w = images.shape[-2:]
+        div = self.cfg.size_divisibility
+        ph, pw = (-h) % div, (-w) % div
+        if ph or pw:
+            images = F.pad(images, (0, pw, 0, ph))
+        return images, (h, w)
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, folder: str | Path) -> None:
+        from glee.checkpoint import save_pretrained
+
+        save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> GleeModel:
+        from glee.checkpoint import from_pretrained
+
+        return from_pretrained(folder, map_location)
+
+
+def _check_names(names: list[str]) -> list[str]:
+    if isinstance(names, str):
+        raise ValueError("categories must be a list of names, not one string; e.g. ['person', 'car']")
+    names = list(names)
+    if not names:
+        raise ValueError("the category list is empty; give at least one class name")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"category names must be non-empty strings, got {bad!r}")
+    if len(set(names)) != len(names):
+        warnings.warn("duplicate class names: each copy gets its own class index", stacklevel=3)
+    return names

@@ -1,0 +1,108 @@
+"""Multi-scale deformable attention (Deformable DETR), pure PyTorch.
+
+The sampling kernel ``ms_deform_attn_core`` is the only piece a faster implementation needs to replace:
+``MultiScaleDeformableAttention.kernel`` can be swapped for any function with the same signature.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DeformKernel = Callable[[Tensor, list[tuple[int, int]], Tensor, Tensor], Tensor]
+
+
+def ms_deform_attn_core(
+    value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Bilinear sampling of every level at every point, weighted and summed.
+
+    Args:
+        value: [N, S, M, D] per-head values of all levels concatenated (S = sum of H_l * W_l).
+        spatial_shapes: (H_l, W_l) per level, in the order of ``value``.
+        sampling_locations: [N, Lq, M, L, P, 2] normalised (x, y), 0..1 covers the map edges.
+        attention_weights: [N, Lq, M, L, P], softmaxed over L * P.
+    Returns:
+        [N, Lq, M * D].
+    Sampling is ``grid_sample`` with zero padding and ``align_corners=False`` (the CUDA op's convention).
+    """
+    n, _, m, d = value.shape
+    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    value_list = value.split([h * w for h, w in spatial_shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    sampled = []
+    for level, (h, w) in enumerate(spatial_shapes):
+        value_l = value_list[level].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # [N*M, Lq, P, 2]
+        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * n_points)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(n, m * d, lq)
+    return out.transpose(1, 2).contiguous()
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """``MSDeformAttn``: keys ``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``."""
+
+    kernel: DeformKernel = staticmethod(ms_deform_attn_core)
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.n_heads, 1, 1, 2)
+        grid = grid.repeat(1, self.n_levels, self.n_points, 1)
+        for i in range(self.n_points):
+            grid[:, :, i, :] *= i + 1
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def forward(
+        self, query: Tensor, reference_points: Tensor, value_input: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """
+        Args:
+            query: [N, Lq, C].
+            reference_points: [N, Lq, L, 2] (x, y) points or [N, Lq, L, 4] (cx, cy, w, h) boxes, in 0..1.
+            value_input: [N, S, C] flattened levels.
+            spatial_shapes: (H_l, W_l) of each level of ``value_input``.
+        Returns:
+            [N, Lq, C].
+        """
+        n, lq, _ = query.shape
+        value = self.value_proj(value_input).view(n, value_input.shape[1], self.n_heads, -1)
+        offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
+        weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
+        weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
+        if reference_points.shape[-1] == 2:
+            normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        elif reference_points.shape[-1] == 4:
+            locations = (
+                reference_points[:, :, None, :, None, :2]
+                + offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+        else:
+            raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape}")
+        out = type(self).kernel(value, spatial_shapes, locations, weights)
+        return self.output_proj(out)

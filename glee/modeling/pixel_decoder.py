@@ -1,0 +1,167 @@
+"""Pixel decoder (``MaskDINOEncoder``): deformable encoder with early fusion, then one FPN level.
+
+Module tree (state-dict keys under ``pixel_decoder.``)::
+
+    input_proj.{0..3}        1x1 conv + GN per encoder input level, then a 3x3/s2 conv + GN (ResNet/Swin only)
+    transformer.level_embed  [levels, C]
+    transformer.encoder.vl_layers.0.b_attn.*   early fusion (before encoder layer 0)
+    transformer.encoder.layers.{i}.*          post-norm deformable encoder layers
+    adapter_1, layer_1       FPN lateral (1x1) and output (3x3) convs with GN
+    mask_features            1x1 conv producing the per-pixel embedding
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glee.config import GleeConfig
+from glee.modeling.early_fusion import VLFuse
+from glee.modeling.layers import ConvNorm
+from glee.modeling.ms_deform_attn import MultiScaleDeformableAttention
+from glee.modeling.position_encoding import sine_position_embedding_2d
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm: ``norm1(x + MSDeformAttn(x + pos))`` then ``norm2(x + FFN(x))``."""
+
+    def __init__(self, d_model: int, d_ffn: int, n_levels: int, n_heads: int, n_points: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = MultiScaleDeformableAttention(d_model, n_levels, n_heads, n_points)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]) -> Tensor:
+        src = self.norm1(src + self.dropout(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout(ffn))
+
+
+class DeformableEncoder(nn.Module):
+    def __init__(self, cfg: GleeConfig) -> None:
+        super().__init__()
+        d = cfg.conv_dim
+        levels = cfg.total_num_feature_levels
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(d, cfg.enc_dim_feedforward, levels, cfg.enc_n_heads, cfg.enc_n_points, cfg.dropout)
+            for _ in range(cfg.enc_layers)
+        )
+        # Official: a list of ``enc_layers`` entries, only the first is a VLFuse, the rest are Identity.
+        self.vl_layers = nn.ModuleList([VLFuse(d)]) if cfg.early_fusion else nn.ModuleList()
+
+    @staticmethod
+    def reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> Tensor:
+        """Pixel centres of every level, normalised: [1, S, levels, 2] (x, y)."""
+        refs = []
+        for h, w in spatial_shapes:
+            ref_y, ref_x = torch.meshgrid(
+                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
+                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+                indexing="ij",
+            )
+            refs.append(torch.stack((ref_x.reshape(-1) / w, ref_y.reshape(-1) / h), -1))
+        ref = torch.cat(refs, 0)[None]
+        return ref[:, :, None].expand(-1, -1, len(spatial_shapes), -1)
+
+
+class EncoderWithLevels(nn.Module):
+    """Holds ``level_embed`` and the encoder, matching the official ``transformer.*`` key path."""
+
+    def __init__(self, cfg: GleeConfig) -> None:
+        super().__init__()
+        self.level_embed = nn.Parameter(torch.empty(cfg.total_num_feature_levels, cfg.conv_dim))
+        nn.init.normal_(self.level_embed)
+        self.encoder = DeformableEncoder(cfg)
+
+
+@dataclass
+class PixelDecoderOutput:
+    mask_features: Tensor  # [B, mask_dim, H / s, W / s], s = 4 (ResNet/Swin) or 8 (EVA02)
+    multi_scale_features: list[Tensor]  # 4 maps [B, C, h_l, w_l], strides 8, 16, 32, 64
+
+
+class PixelDecoder(nn.Module):
+    def __init__(self, cfg: GleeConfig, in_channels: dict[str, int], in_strides: dict[str, int]) -> None:
+        super().__init__()
+        d = cfg.conv_dim
+        self.cfg = cfg
+        # encoder inputs, high to low resolution (e.g. res3, res4, res5)
+        self.encoder_features = sorted(cfg.deformable_in_features, key=lambda f: in_strides[f])
+        self.num_extra_levels = cfg.total_num_feature_levels - len(self.encoder_features)
+        self.is_vit = cfg.backbone == "eva02"
+        if not self.is_vit:
+            projs = [
+                nn.Sequential(nn.Conv2d(in_channels[f], d, kernel_size=1), nn.GroupNorm(32, d))
+                for f in self.encoder_features
+            ]
+            # extra lower-resolution levels from the lowest-resolution (largest-channel) input
+            channels = max(in_channels[f] for f in self.encoder_features)
+            for _ in range(self.num_extra_levels):
+                projs.append(nn.Sequential(nn.Conv2d(channels, d, 3, stride=2, padding=1), nn.GroupNorm(32, d)))
+                channels = d
+            for proj in projs:
+                nn.init.xavier_uniform_(proj[0].weight, gain=1)
+                nn.init.zeros_(proj[0].bias)
+            self.input_proj = nn.ModuleList(projs)
+        elif self.num_extra_levels:
+            raise ValueError("the ViT path expects all encoder levels from the backbone")
+        self.transformer = EncoderWithLevels(cfg)
+        self.fpn_feature = min(cfg.in_features, key=lambda f: in_strides[f])
+        self.adapter_1 = ConvNorm(in_channels[self.fpn_feature], d, 1, norm=nn.GroupNorm(32, d))
+        self.layer_1 = ConvNorm(d, d, 3, padding=1, norm=nn.GroupNorm(32, d), relu=True)
+        self.mask_features = nn.Conv2d(d, cfg.mask_dim, 1)
+        for conv in (self.adapter_1, self.layer_1, self.mask_features):  # detectron2 c2_xavier_fill
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+
+    def encoder_inputs(self, features: dict[str, Tensor]) -> list[Tensor]:
+        """Projected encoder levels, strides high to low resolution (8, 16, 32, 64)."""
+        if self.is_vit:
+            return [features[f].float() for f in self.encoder_features]
+        srcs = [proj(features[f].float()) for proj, f in zip(self.input_proj, self.encoder_features)]
+        x = features[self.encoder_features[-1]].float()
+        for proj in self.input_proj[len(self.encoder_features):]:
+            x = proj(x)
+            srcs.append(x)
+        return srcs
+
+    def forward(self, features: dict[str, Tensor], prompt_tokens: Tensor | None = None) -> PixelDecoderOutput:
+        """
+        Args:
+            features: backbone maps by name.
+            prompt_tokens: [B, Nl, C] early-fusion tokens (text and/or visual template), or None.
+        """
+        srcs = self.encoder_inputs(features)
+        batch = srcs[0].shape[0]
+        shapes = [(s.shape[2], s.shape[3]) for s in srcs]
+        level_embed = self.transformer.level_embed
+        src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
+        pos = torch.cat(
+            [
+                sine_position_embedding_2d(batch, h, w, self.cfg.conv_dim // 2, device=src.device)
+                .flatten(2).transpose(1, 2) + level_embed[i].view(1, 1, -1)
+                for i, (h, w) in enumerate(shapes)
+            ],
+            1,
+        )
+        encoder = self.transformer.encoder
+        if prompt_tokens is not None and len(encoder.vl_layers):
+            src, _ = encoder.vl_layers[0](src, prompt_tokens)
+        ref = DeformableEncoder.reference_points(shapes, src.device)
+        for layer in encoder.layers:
+            src = layer(src, pos, ref, shapes)
+        sizes = [h * w for h, w in shapes]
+        maps = [
+            z.transpose(1, 2).reshape(batch, -1, h, w) for z, (h, w) in zip(src.split(sizes, dim=1), shapes)
+        ]
+        lateral = self.adapter_1(features[self.fpn_feature].float())
+        y = lateral + F.interpolate(maps[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.layer_1(y)
+        return PixelDecoderOutput(mask_features=self.mask_features(y), multi_scale_features=maps)
