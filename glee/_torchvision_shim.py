@@ -12,18 +12,21 @@ when torchvision is absent or its ops load (a matching CUDA torch).
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import os
 import sys
-
-import torch
+from typing import Any
 
 _installed = False
-_library: torch.library.Library | None = None
+_installing = False
+_library: Any = None  # the torch.library.Library that owns the schemas (kept alive)
 
 
-def _nms_cpu(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def _nms_cpu(dets: Any, scores: Any, iou_threshold: float) -> Any:
     """Greedy non-maximum suppression; returns kept indices sorted by decreasing score."""
+    import torch
+
     if dets.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=dets.device)
     order = scores.argsort(descending=True)
@@ -46,14 +49,30 @@ def _nms_cpu(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> 
 
 def install() -> None:
     """Install the shim once; safe to call many times and before or after torchvision is present."""
-    global _installed, _library
-    if _installed or "torchvision" in sys.modules:
+    global _installed, _installing
+    if _installed or _installing or "torchvision" in sys.modules:
         _installed = True
         return
-    _installed = True
+    _installing = True
+    try:
+        _install()
+    finally:
+        _installing = False
+        _installed = True
+
+
+def _install() -> None:
+    global _library
+    import torch
+
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
         return
+    try:  # already defined in this process (by the compiled ops or by another copy of this shim)
+        torch.ops.torchvision.nms
+        return
+    except (AttributeError, RuntimeError):
+        pass
     pkg_dir = list(spec.submodule_search_locations)[0]
     lib_path = next((os.path.join(pkg_dir, f) for f in os.listdir(pkg_dir) if f.startswith("_C.")), None)
     if lib_path is not None:
@@ -69,3 +88,18 @@ def install() -> None:
     import torchvision.extension as tv_extension  # noqa: PLC0415  (must follow the schema definitions)
 
     tv_extension._has_ops = lambda: True
+
+
+class _ShimFinder(importlib.abc.MetaPathFinder):
+    """Installs the shim the first time anything looks up ``torchvision``, then steps aside."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname == "torchvision" and not _installed and not _installing:
+            install()
+        return None
+
+
+def register_import_hook() -> None:
+    """Called from a ``.pth`` file (``scripts/setup.sh`` writes it) so every interpreter is covered."""
+    if not any(isinstance(f, _ShimFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ShimFinder())
