@@ -69,7 +69,7 @@ def _install() -> None:
     if spec is None or not spec.submodule_search_locations:
         return
     try:  # already defined in this process (by the compiled ops or by another copy of this shim)
-        torch.ops.torchvision.nms
+        _ = torch.ops.torchvision.nms
         return
     except (AttributeError, RuntimeError):
         pass

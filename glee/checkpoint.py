@@ -251,7 +251,9 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, Tensor]) -> LoadRe
     report = LoadReport(
         missing=sorted(k for k in shapes if k not in sd),
         unexpected=sorted(k for k in sd if k not in shapes),
-        shape_mismatch=[(k, shapes[k], tuple(v.shape)) for k, v in sd.items() if k in shapes and tuple(v.shape) != shapes[k]],
+        shape_mismatch=[
+            (k, shapes[k], tuple(v.shape)) for k, v in sd.items() if k in shapes and tuple(v.shape) != shapes[k]
+        ],
     )
     if report.ok:
         model.load_state_dict(dict(sd), strict=True)

@@ -9,9 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import glee  # noqa: E402,F401  (installs the torchvision shim)
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import glee  # noqa: E402,F401  (installs the torchvision shim)
 
 torch.set_num_threads(2)
 

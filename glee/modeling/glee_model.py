@@ -190,7 +190,9 @@ class GleeModel(nn.Module):
         fusion_tokens: Tensor | None = None
         prompt = DecoderPrompt()
         if expressions is not None:
-            expr = expressions if isinstance(expressions, ExpressionEmbeddings) else self.encode_expressions(expressions)
+            expr = expressions
+            if not isinstance(expr, ExpressionEmbeddings):
+                expr = self.encode_expressions(expr)
             if expr.tokens.shape[0] != batch:
                 raise ValueError(f"got {expr.tokens.shape[0]} expressions for {batch} images; give one per image")
             prompt.grounding_class = expr.grounding_class

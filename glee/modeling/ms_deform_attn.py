@@ -89,8 +89,18 @@ class MultiScaleDeformableAttention(nn.Module):
         Returns:
             [N, Lq, C].
         """
+        return self.attend(query, reference_points, self.project_value(value_input), spatial_shapes)
+
+    def project_value(self, value_input: Tensor) -> Tensor:
+        """[N, S, C] -> per-head values [N, S, M, C / M] (split out so that query chunks can share it)."""
+        n, s, _ = value_input.shape
+        return self.value_proj(value_input).view(n, s, self.n_heads, -1)
+
+    def attend(
+        self, query: Tensor, reference_points: Tensor, value: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """Sampling offsets and weights from ``query`` [N, Lq, C], sampling of ``value`` [N, S, M, D], output proj."""
         n, lq, _ = query.shape
-        value = self.value_proj(value_input).view(n, value_input.shape[1], self.n_heads, -1)
         offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
@@ -104,5 +114,6 @@ class MultiScaleDeformableAttention(nn.Module):
             )
         else:
             raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape}")
-        out = type(self).kernel(value, spatial_shapes, locations, weights)
+        # ``kernel`` is a class-level staticmethod or a per-instance function (set by the inference mode)
+        out = self.kernel(value, spatial_shapes, locations, weights)
         return self.output_proj(out)

@@ -37,10 +37,35 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]) -> Tensor:
+    fast_inference = False  # set by GleeModel.set_inference_mode; used only in eval mode
+    chunk = 2048  # tokens per fused chunk in the fast path
+
+    def forward(
+        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        if self.fast_inference and not self.training:
+            return self._forward_chunked(src, pos, reference_points, spatial_shapes)
         src = self.norm1(src + self.dropout(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
+
+    def _forward_chunked(
+        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """The same layer, token chunk by token chunk once the values are projected.
+
+        Every op after the value projection is row-wise in the tokens, so chunks give the same result while
+        the FFN's [chunk, 2048] hidden state and the sampling temporaries stay in cache.
+        """
+        value = self.self_attn.project_value(src)
+        out = torch.empty_like(src)
+        for i in range(0, src.shape[1], self.chunk):
+            x = src[:, i : i + self.chunk]
+            attn = self.self_attn.attend(x + pos[:, i : i + self.chunk], reference_points[:, i : i + self.chunk],
+                                         value, spatial_shapes)
+            x = self.norm1(x + attn)
+            out[:, i : i + self.chunk] = self.norm2(x + self.linear2(F.relu(self.linear1(x))))
+        return out
 
 
 class DeformableEncoder(nn.Module):

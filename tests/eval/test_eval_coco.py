@@ -167,7 +167,8 @@ def _lvis_case():
                       "not_exhaustive_category_ids": [1]},
                      {"id": 2, "height": 100, "width": 100, "neg_category_ids": [],
                       "not_exhaustive_category_ids": []}],
-          "categories": [{"id": 1, "frequency": "r"}, {"id": 2, "frequency": "f"}, {"id": 3, "frequency": "c"}],
+          "categories": [{"id": 1, "frequency": "r"}, {"id": 2, "frequency": "f"},
+                         {"id": 3, "frequency": "c"}],
           "annotations": [{"id": 1, **_box_ann(1, 1, box_a)}, {"id": 2, **_box_ann(2, 2, box_b)},
                           {"id": 3, **_box_ann(2, 3, box_c)}]}
     preds = [{"image_id": 1, "category_id": 1, "bbox": box_a, "score": 0.8},
@@ -244,17 +245,22 @@ def test_malformed_prediction_names_file_and_field(tmp_path):
         evaluate_coco(str(gt_file), str(pred_file), "bbox")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"image_id": 9, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}, "image_id 9, which is not in"),
-    ({"image_id": 1, "category_id": 7, "bbox": [0, 0, 1, 1], "score": 1}, "category_id 7"),
-    ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1], "score": 1}, r"field 'bbox' must be \[x, y, w, h\]"),
-    ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": "high"}, "field 'score' must be a number"),
-    ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}, "annotation 0 has no 'score' field"),
+@pytest.mark.parametrize("change, message", [
+    ({"image_id": 9}, "image_id 9, which is not in"),
+    ({"category_id": 7}, "category_id 7"),
+    ({"bbox": [0, 0, 1]}, r"field 'bbox' must be \[x, y, w, h\]"),
+    ({"bbox": [0, 0, -1, 1]}, "field 'bbox' has negative width or height"),
+    ({"score": "high"}, "field 'score' must be a number"),
+    ({"score": float("nan")}, "field 'score' must be finite"),
+    ({"score": None}, "field 'score' must be a number"),
 ])
-def test_malformed_prediction_records(bad, message):
+def test_malformed_prediction_records(change, message):
     gt = _gt([_box_ann(1, 1, [0, 0, 4, 4])])
+    bad = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0, **change}
     with pytest.raises(ValueError, match=message):
         evaluate_coco(gt, [bad], "bbox")
+    with pytest.raises(ValueError, match="annotation 0 has no 'score' field"):
+        evaluate_coco(gt, [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}], "bbox")
 
 
 def test_malformed_ground_truth(tmp_path):
@@ -281,3 +287,22 @@ def test_mask_size_mismatch_is_reported():
     pred = [{"image_id": 1, "category_id": 1, "segmentation": _rle(np.ones((5, 10), bool)), "score": 1}]
     with pytest.raises(ValueError, match=r"has size \[5, 10\] but the image is \[10, 10\]"):
         evaluate_coco(gt, pred, "segm")
+
+
+def test_segmentation_forms_are_normalised():
+    from eval.io import encode_mask, to_rle
+
+    m = np.zeros((10, 12), bool)
+    m[2:6, 3:9] = True
+    rle = encode_mask(m)
+    assert mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()}) == 24
+    # Uncompressed RLE (COCO crowd annotations) is converted to the same compressed RLE.
+    # Column-major runs: 3 empty columns + 2 rows, then 6 columns of (4 on, 6 off), 34 off at the end.
+    uncompressed = {"size": [10, 12], "counts": [32, 4, 6, 4, 6, 4, 6, 4, 6, 4, 6, 4, 34]}
+    assert to_rle(uncompressed, 10, 12, "f", "a")["counts"] == rle["counts"]
+    poly = to_rle([[3, 2, 9, 2, 9, 6, 3, 6]], 10, 12, "f", "a")
+    assert poly["size"] == [10, 12]
+    with pytest.raises(ValueError, match="f: a field 'segmentation' is not a list of polygons"):
+        to_rle([[1, 2, 3]], 10, 12, "f", "a")
+    with pytest.raises(ValueError, match="f: a field 'segmentation' must be a number, got 'x'"):
+        to_rle([[1, 2, 3, 4, 5, "x"]], 10, 12, "f", "a")

@@ -1,0 +1,461 @@
+"""Fast multi-scale deformable attention kernels (drop-in replacements for ``ms_deform_attn_core``).
+
+Three kernels with the reference's contract ``(value, spatial_shapes, sampling_locations, attention_weights)``:
+
+* ``ms_deform_attn_cpu`` -- a small C kernel (compiled with the system C compiler on first use, about 1 s,
+  cached under ``~/.cache/glee/kernels``; ``python -m glee.modeling.ms_deform_attn_fast`` builds it ahead of
+  time).  One pass per (image, query, head): bilinear corners, zero padding and the attention-weighted sum,
+  float32 accumulation, float32 or bfloat16 values.  Forward only.
+* ``ms_deform_attn_gather`` -- pure PyTorch ops, any device, differentiable: bilinear sampling as one fused
+  gather + weighted sum.  Every sampling point contributes four corner rows of a per-head value table,
+  weighted by ``attention weight x bilinear weight``, and ``F.embedding_bag(mode="sum", per_sample_weights=...)``
+  sums the 4 * L * P rows of each (query, head) in one C++ pass (FBGEMM on CPU).  Each level is zero-padded by
+  one pixel so that a point inside ``[-1, W) x [-1, H)`` (pixel units) has four in-table corners and the zero
+  border reproduces ``grid_sample``'s ``padding_mode="zeros"``; points further out get weight 0.
+* ``ms_deform_attn_triton`` -- CUDA, needs ``triton``.  It could not be run where it was written (no GPU), so
+  ``ms_deform_attn_auto`` checks it against the gather kernel on first use and falls back on any mismatch.
+
+``ms_deform_attn_auto`` picks the C kernel on CPU and Triton on CUDA when no gradient is needed, else the
+gather kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from glee.modeling.ms_deform_attn import DeformKernel, ms_deform_attn_core
+
+DEFAULT_CHUNK = 2048  # queries per gather chunk: 2048 * 8 heads * 64 corners * 8 B ~ 8 MB of indices/weights
+
+
+def padded_value_table(value: Tensor, spatial_shapes: list[tuple[int, int]]) -> Tensor:
+    """[N, S, M, D] values -> [N, Sp, M, D] with every level zero-padded by one pixel on each side.
+
+    ``Sp = sum((H_l + 2) * (W_l + 2))``.
+    """
+    n, s, m, d = value.shape
+    if s != sum(h * w for h, w in spatial_shapes):
+        raise ValueError(f"value has {s} positions but spatial_shapes {spatial_shapes} cover "
+                         f"{sum(h * w for h, w in spatial_shapes)}")
+    sizes = [(h + 2) * (w + 2) for h, w in spatial_shapes]
+    table = value.new_zeros(n, sum(sizes), m, d)
+    start = 0
+    for v, (h, w), size in zip(value.split([h * w for h, w in spatial_shapes], 1), spatial_shapes, sizes):
+        table[:, start : start + size].view(n, h + 2, w + 2, m, d)[:, 1:-1, 1:-1] = v.view(n, h, w, m, d)
+        start += size
+    return table
+
+
+@functools.lru_cache(maxsize=64)
+def _level_constants(
+    spatial_shapes: tuple[tuple[int, int], ...], n: int, m: int, device: torch.device, index_dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-level half sizes [L, 1] (float, W/2 and H/2), corner offsets [L, 1, 4] and row bases [N, 1, M, L, 1]."""
+    nl = len(spatial_shapes)
+    half_w = torch.tensor([w / 2 for _, w in spatial_shapes], dtype=torch.float32, device=device).view(nl, 1)
+    half_h = torch.tensor([h / 2 for h, _ in spatial_shapes], dtype=torch.float32, device=device).view(nl, 1)
+    sizes = [(h + 2) * (w + 2) for h, w in spatial_shapes]
+    sp = sum(sizes)
+    starts = [sum(sizes[:i]) for i in range(nl)]
+    # table row of (n, padded position p, head m) is (n * Sp + p) * M + m
+    row_stride = torch.tensor([(w + 2) * m for _, w in spatial_shapes], dtype=index_dtype, device=device)
+    corner = torch.stack([torch.zeros_like(row_stride), torch.full_like(row_stride, m), row_stride,
+                          row_stride + m], -1).view(nl, 1, 4)
+    base = (
+        (torch.arange(n, dtype=index_dtype, device=device).view(n, 1, 1, 1, 1) * sp
+         + torch.tensor(starts, dtype=index_dtype, device=device).view(1, 1, 1, nl, 1)) * m
+        + torch.arange(m, dtype=index_dtype, device=device).view(1, 1, m, 1, 1)
+    )
+    return half_w, half_h, corner, base
+
+
+def _corners(
+    loc: Tensor, weights: Tensor, spatial_shapes: tuple[tuple[int, int], ...], m: int, index_dtype: torch.dtype,
+    row_width: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Corner rows and weights of one query chunk.
+
+    loc [N, q, M, L, P, 2] normalised (x, y); weights [N, q, M, L, P] -> (rows, w), both [N * q * M, L * P * 4].
+    ``row_width`` [L, 1] holds ``W_l + 2`` in the index dtype.
+    """
+    n, q = loc.shape[:2]
+    half_w, half_h, corner, base = _level_constants(spatial_shapes, n, m, loc.device, index_dtype)
+    loc = loc.float()
+    # grid_sample(align_corners=False) unnormalisation of the grid 2 * loc - 1, in pixel units
+    g = 2 * loc - 1
+    x = (g[..., 0] + 1) * half_w - 0.5
+    y = (g[..., 1] + 1) * half_h - 0.5
+    # inside [-1, W) x [-1, H) at least one corner is on the map; further out every corner is zero padding
+    inside = (x >= -1) & (x < 2 * half_w) & (y >= -1) & (y < 2 * half_h)
+    x0 = x.floor()
+    y0 = y.floor()
+    fx = x - x0
+    fy = y - y0
+    a = torch.where(inside, weights.float(), 0.0)
+    # padded coordinates of the top-left corner: (y0 + 1, x0 + 1), clamped so outside points index a valid row
+    px = torch.where(inside, x0 + 1, 0.0).to(index_dtype)
+    py = torch.where(inside, y0 + 1, 0.0).to(index_dtype)
+    top_left = base + (py * row_width + px) * m  # [N, q, M, L, P]
+    rows = (top_left.unsqueeze(-1) + corner.view(1, 1, 1, *corner.shape[:1], 1, 4)).view(n * q * m, -1)
+    ay1 = a * fy
+    ay = torch.stack([a - ay1, ay1], -1)  # [..., 2] (top, bottom)
+    bx = torch.stack([1 - fx, fx], -1)  # [..., 2] (left, right)
+    w = (ay.unsqueeze(-1) * bx.unsqueeze(-2)).view(n * q * m, -1)  # corners ordered tl, tr, bl, br
+    return rows, w
+
+
+def ms_deform_attn_gather(
+    value: Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    chunk: int = DEFAULT_CHUNK,
+) -> Tensor:
+    """Same contract as ``ms_deform_attn_core``; bilinear sampling as a fused ``embedding_bag`` gather.
+
+    Args:
+        value: [N, S, M, D] per-head values of all levels (any float dtype; the output has its dtype).
+        spatial_shapes: (H_l, W_l) per level.
+        sampling_locations: [N, Lq, M, L, P, 2] normalised (x, y).
+        attention_weights: [N, Lq, M, L, P].
+        chunk: queries per gather pass (memory / cache trade-off; any value gives the same result).
+    Returns:
+        [N, Lq, M * D].
+    """
+    n, _, m, d = value.shape
+    lq, nl = sampling_locations.shape[1], sampling_locations.shape[3]
+    if nl != len(spatial_shapes):
+        raise ValueError(f"sampling_locations has {nl} levels but spatial_shapes has {len(spatial_shapes)}")
+    shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
+    table = padded_value_table(value, list(shapes))
+    index_dtype = torch.int32 if table.shape[0] * table.shape[1] * m < 2**31 - 1 else torch.int64
+    table = table.view(-1, d)
+    row_width = torch.tensor([w + 2 for _, w in shapes], dtype=index_dtype, device=value.device).view(nl, 1)
+    out = value.new_empty(n, lq, m * d)
+    for i in range(0, lq, chunk):
+        rows, w = _corners(sampling_locations[:, i : i + chunk], attention_weights[:, i : i + chunk], shapes, m,
+                           index_dtype, row_width)
+        sampled = F.embedding_bag(rows, table, per_sample_weights=w.to(table.dtype), mode="sum")
+        out[:, i : i + chunk] = sampled.view(n, -1, m * d)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- CPU (C kernel)
+# One pass per (image, query, head): unnormalise each point as grid_sample does, skip corners off the map (zero
+# padding), accumulate attention x bilinear weight x value row in float32.  Plain C (no torch headers), so it
+# compiles in about a second with the system C compiler on first use and is cached; it is called through ctypes
+# (which releases the GIL).  bf16 values are read and written as raw 16-bit patterns.
+_C_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+static inline float bf16_to_f32(uint16_t v) { uint32_t u = ((uint32_t)v) << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t f32_to_bf16(float f) {
+  uint32_t u; memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+#define ID(x) (x)
+#define DEFINE_KERNEL(NAME, VT, LOAD, STORE)                                                                   \
+static inline void NAME##_point(const VT* __restrict__ vbase, int64_t H, int64_t W, int64_t rowstep, int64_t D, \
+                                float lx, float ly, float a, float* __restrict__ acc) {                        \
+  const float x = (2.f * lx - 1.f + 1.f) * ((float)W * 0.5f) - 0.5f;                                          \
+  const float y = (2.f * ly - 1.f + 1.f) * ((float)H * 0.5f) - 0.5f;                                          \
+  if (!(x > -1.f && y > -1.f && x < (float)W && y < (float)H)) return;                                       \
+  const float x0f = floorf(x), y0f = floorf(y);                                                              \
+  const int64_t x0 = (int64_t)x0f, y0 = (int64_t)y0f;                                                        \
+  const float fx = x - x0f, fy = y - y0f;                                                                    \
+  const float w[4] = {(1.f - fx) * (1.f - fy) * a, fx * (1.f - fy) * a, (1.f - fx) * fy * a, fx * fy * a};      \
+  for (int c = 0; c < 4; ++c) {                                                                              \
+    const int64_t xc = x0 + (c & 1), yc = y0 + (c >> 1);                                                     \
+    if (xc < 0 || xc >= W || yc < 0 || yc >= H) continue;                                                    \
+    const VT* __restrict__ row = vbase + (yc * W + xc) * rowstep;                                            \
+    const float wc = w[c];                                                                                   \
+    for (int64_t d = 0; d < D; ++d) acc[d] += wc * LOAD(row[d]);                                             \
+  }                                                                                                          \
+}                                                                                                            \
+void NAME(const VT* value, const float* loc, const float* attn, VT* out, const int64_t* shapes,              \
+          const int64_t* starts, int64_t N, int64_t S, int64_t M, int64_t D, int64_t Q, int64_t L, int64_t P,  \
+          int nthreads) {                                                                                    \
+  _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                                         \
+  for (int64_t nq = 0; nq < N * Q; ++nq) {                                                                   \
+    float acc[256];                                                                                          \
+    const int64_t n = nq / Q;                                                                                \
+    for (int64_t m = 0; m < M; ++m) {                                                                        \
+      for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;                                                          \
+      const int64_t pbase = (nq * M + m) * L * P;                                                            \
+      for (int64_t l = 0; l < L; ++l) {                                                                      \
+        const VT* vbase = value + ((n * S + starts[l]) * M + m) * D;                                         \
+        for (int64_t p = 0; p < P; ++p) {                                                                    \
+          const int64_t i = pbase + l * P + p;                                                               \
+          if (D == 32) NAME##_point(vbase, shapes[2 * l], shapes[2 * l + 1], M * D, 32, loc[2 * i],            \
+                                    loc[2 * i + 1], attn[i], acc);                                           \
+          else NAME##_point(vbase, shapes[2 * l], shapes[2 * l + 1], M * D, D, loc[2 * i], loc[2 * i + 1],     \
+                            attn[i], acc);                                                                   \
+        }                                                                                                    \
+      }                                                                                                      \
+      VT* o = out + (nq * M + m) * D;                                                                        \
+      for (int64_t d = 0; d < D; ++d) o[d] = STORE(acc[d]);                                                  \
+    }                                                                                                        \
+  }                                                                                                          \
+}
+DEFINE_KERNEL(glee_msda_f32, float, ID, ID)
+DEFINE_KERNEL(glee_msda_bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+"""
+_C_MAX_HEAD_DIM = 256  # the kernel's per-head accumulator size
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GLEE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "glee"
+    )
+    return Path(root) / "kernels"
+
+
+def _cpu_signature() -> str:
+    """CPU identity for the -march=native build (a cache shared between different CPUs must not mix builds)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def build_cpu_kernel(force: bool = False, verbose: bool = False) -> Path:
+    """Compile the C kernel (about 1 s) into the cache folder and return the shared library's path.
+
+    Raises ``RuntimeError`` when no C compiler is found or compilation fails.  Safe under concurrent callers:
+    the library is written to a temporary name and renamed into place.
+    """
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError("no C compiler (gcc/cc/clang) found; the fast CPU deformable-attention kernel needs one "
+                           "(the pure-PyTorch gather kernel is used instead)")
+    attempts = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"]]
+    key = hashlib.sha256((_C_SOURCE + _cpu_signature() + compiler).encode()).hexdigest()[:16]
+    folder = _cache_dir()
+    target = folder / f"glee_msda_{key}.so"
+    if target.exists() and not force:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        src = Path(tmp) / "glee_msda.c"
+        src.write_text(_C_SOURCE)
+        out = Path(tmp) / target.name
+        for flags in attempts:
+            cmd = [compiler, *flags, "-shared", "-fPIC", "-o", str(out), str(src), "-lm"]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode == 0:
+                if verbose:
+                    print(" ".join(cmd))
+                os.replace(out, target)
+                return target
+            errors.append(f"{' '.join(cmd)}:\n{res.stderr[-2000:]}")
+    raise RuntimeError("could not compile the CPU deformable-attention kernel:\n" + "\n".join(errors))
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_library() -> ctypes.CDLL | None:
+    """The compiled kernel, building it on first use; None (with one warning) when that is impossible."""
+    if os.environ.get("GLEE_MSDA_C_KERNEL", "1") == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(build_cpu_kernel()))
+    except (RuntimeError, OSError) as err:
+        warnings.warn(f"{err}; falling back to ms_deform_attn_gather", stacklevel=3)
+        return None
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    for fn in (lib.glee_msda_f32, lib.glee_msda_bf16):
+        fn.argtypes = [ptr] * 6 + [i64] * 7 + [ctypes.c_int]
+        fn.restype = None
+    return lib
+
+
+def cpu_kernel_available() -> bool:
+    """True when the C kernel is (or can be) built and loaded on this machine."""
+    return _cpu_library() is not None
+
+
+def ms_deform_attn_cpu(
+    value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """C kernel on CPU tensors, same contract as ``ms_deform_attn_core``; forward only (no autograd).
+
+    float32 and bfloat16 values are computed natively (float32 accumulation); other dtypes go through float32.
+    """
+    lib = _cpu_library()
+    if lib is None:
+        raise RuntimeError("the CPU deformable-attention C kernel is unavailable; use ms_deform_attn_gather")
+    if value.device.type != "cpu":
+        raise ValueError(f"ms_deform_attn_cpu needs CPU tensors, got {value.device}")
+    n, s, m, d = value.shape
+    _, lq, m2, nl, npts, two = sampling_locations.shape
+    if (m2, two) != (m, 2) or nl != len(spatial_shapes) or attention_weights.shape != sampling_locations.shape[:-1]:
+        raise ValueError(f"inconsistent shapes: value {tuple(value.shape)}, locations "
+                         f"{tuple(sampling_locations.shape)}, weights {tuple(attention_weights.shape)}, "
+                         f"{len(spatial_shapes)} levels")
+    if s != sum(h * w for h, w in spatial_shapes):
+        raise ValueError(f"value has {s} positions but spatial_shapes {spatial_shapes} cover "
+                         f"{sum(h * w for h, w in spatial_shapes)}")
+    if d > _C_MAX_HEAD_DIM:
+        return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
+    out_dtype = value.dtype
+    if value.dtype not in (torch.float32, torch.bfloat16):
+        value = value.float()
+    value = value.contiguous()
+    loc = sampling_locations.detach().to(torch.float32).contiguous()
+    attn = attention_weights.detach().to(torch.float32).contiguous()
+    shapes = torch.tensor([int(v) for hw in spatial_shapes for v in hw], dtype=torch.int64)
+    starts = torch.tensor([0] + [int(h) * int(w) for h, w in spatial_shapes][:-1], dtype=torch.int64).cumsum(0)
+    out = value.new_empty(n, lq, m * d)
+    fn = lib.glee_msda_f32 if value.dtype == torch.float32 else lib.glee_msda_bf16
+    fn(value.data_ptr(), loc.data_ptr(), attn.data_ptr(), out.data_ptr(), shapes.data_ptr(), starts.data_ptr(),
+       n, s, m, d, lq, nl, npts, torch.get_num_threads())
+    return out.to(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------- GPU (Triton)
+try:  # pragma: no cover - exercised only where triton and a GPU exist
+    import triton
+    import triton.language as tl
+
+    _HAS_TRITON = True
+except ImportError:  # the CPU build of torch ships without triton
+    _HAS_TRITON = False
+
+if _HAS_TRITON:  # pragma: no cover
+
+    @triton.jit
+    def _msda_fwd_kernel(
+        table_ptr, loc_ptr, w_ptr, out_ptr, meta_ptr,
+        Lq, Sp,
+        M: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        # one program per (n, q, m); meta holds per level (H, W, padded start)
+        pid = tl.program_id(0)
+        m = pid % M
+        nq = pid // M
+        n = nq // Lq
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for lvl in tl.static_range(L):
+            h = tl.load(meta_ptr + 3 * lvl).to(tl.float32)
+            w = tl.load(meta_ptr + 3 * lvl + 1).to(tl.float32)
+            start = tl.load(meta_ptr + 3 * lvl + 2)
+            wi = w.to(tl.int32) + 2
+            for p in tl.static_range(P):
+                base_lp = (pid * L + lvl) * P + p
+                lx = tl.load(loc_ptr + 2 * base_lp).to(tl.float32)
+                ly = tl.load(loc_ptr + 2 * base_lp + 1).to(tl.float32)
+                a = tl.load(w_ptr + base_lp).to(tl.float32)
+                x = (2 * lx - 1 + 1) * (w / 2) - 0.5
+                y = (2 * ly - 1 + 1) * (h / 2) - 0.5
+                inside = (x >= -1) & (x < w) & (y >= -1) & (y < h)
+                x0 = tl.floor(x)
+                y0 = tl.floor(y)
+                fx = x - x0
+                fy = y - y0
+                a = tl.where(inside, a, 0.0)
+                px = tl.where(inside, x0 + 1, 0.0).to(tl.int32)
+                py = tl.where(inside, y0 + 1, 0.0).to(tl.int32)
+                row = ((n * Sp + start + py * wi + px) * M + m).to(tl.int64)
+                v00 = tl.load(table_ptr + row * D + offs_d, mask=dmask, other=0.0).to(tl.float32)
+                v01 = tl.load(table_ptr + (row + M) * D + offs_d, mask=dmask, other=0.0).to(tl.float32)
+                v10 = tl.load(table_ptr + (row + wi * M) * D + offs_d, mask=dmask, other=0.0).to(tl.float32)
+                v11 = tl.load(table_ptr + (row + wi * M + M) * D + offs_d, mask=dmask, other=0.0).to(tl.float32)
+                acc += a * ((1 - fy) * ((1 - fx) * v00 + fx * v01) + fy * ((1 - fx) * v10 + fx * v11))
+        tl.store(out_ptr + pid * D + offs_d, acc.to(out_ptr.dtype.element_ty), mask=dmask)
+
+
+def ms_deform_attn_triton(
+    value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """CUDA kernel, same contract as ``ms_deform_attn_core`` (forward only; no autograd)."""
+    if not _HAS_TRITON or not value.is_cuda:
+        raise RuntimeError("ms_deform_attn_triton needs triton and CUDA tensors; use ms_deform_attn_gather")
+    n, _, m, d = value.shape
+    lq, nl, npts = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    table = padded_value_table(value, spatial_shapes).contiguous()
+    sizes = [(h + 2) * (w + 2) for h, w in spatial_shapes]
+    meta = torch.tensor(
+        [[h, w, sum(sizes[:i])] for i, (h, w) in enumerate(spatial_shapes)], dtype=torch.int32, device=value.device
+    )
+    out = value.new_empty(n, lq, m, d)
+    grid = (n * lq * m,)
+    _msda_fwd_kernel[grid](
+        table, sampling_locations.contiguous(), attention_weights.contiguous(), out, meta, lq, table.shape[1],
+        M=m, D=d, L=nl, P=npts, BLOCK_D=triton.next_power_of_2(d),
+    )
+    return out.view(n, lq, m * d)
+
+
+_TRITON_STATUS: dict[str, bool] = {}
+
+
+def _triton_usable(device: torch.device) -> bool:
+    """Run the Triton kernel once on a small random problem and compare it with the gather kernel."""
+    key = str(device)
+    if key not in _TRITON_STATUS:
+        ok = False
+        if _HAS_TRITON and device.type == "cuda":
+            try:
+                gen = torch.Generator(device="cpu").manual_seed(0)
+                shapes = [(7, 9), (4, 5), (1, 1)]
+                s = sum(h * w for h, w in shapes)
+                value = torch.randn(2, s, 4, 16, generator=gen).to(device)
+                loc = (torch.rand(2, 11, 4, 3, 2, 2, generator=gen) * 1.4 - 0.2).to(device)
+                wts = torch.rand(2, 11, 4, 3, 2, generator=gen).to(device)
+                ref = ms_deform_attn_gather(value, shapes, loc, wts)
+                ok = torch.allclose(ms_deform_attn_triton(value, shapes, loc, wts), ref, atol=1e-4, rtol=1e-4)
+            except Exception as err:  # noqa: BLE001 - any failure means "do not use it"
+                warnings.warn(f"Triton deformable-attention kernel unusable ({err}); using the gather kernel",
+                              stacklevel=2)
+        _TRITON_STATUS[key] = ok
+    return _TRITON_STATUS[key]
+
+
+def ms_deform_attn_auto(
+    value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Fastest usable kernel for the tensors' device: C (CPU) or Triton (CUDA) without autograd, else gather."""
+    needs_grad = torch.is_grad_enabled() and (
+        value.requires_grad or sampling_locations.requires_grad or attention_weights.requires_grad
+    )
+    if not needs_grad:
+        if value.device.type == "cpu" and cpu_kernel_available():
+            return ms_deform_attn_cpu(value, spatial_shapes, sampling_locations, attention_weights)
+        if value.is_cuda and _triton_usable(value.device):
+            return ms_deform_attn_triton(value, spatial_shapes, sampling_locations, attention_weights)
+    return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+KERNELS: dict[str, DeformKernel] = {
+    "reference": ms_deform_attn_core,
+    "gather": ms_deform_attn_gather,
+    "cpu": ms_deform_attn_cpu,
+    "triton": ms_deform_attn_triton,
+    "auto": ms_deform_attn_auto,
+}
+
+
+if __name__ == "__main__":  # install-time build: python -m glee.modeling.ms_deform_attn_fast
+    print(build_cpu_kernel(force="--force" in sys.argv, verbose=True))
