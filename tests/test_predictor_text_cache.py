@@ -24,7 +24,7 @@ class EncoderCalls:
         self._handle.remove()
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def model() -> GleeModel:
     torch.manual_seed(0)
     return GleeModel(GleeConfig.preset("tiny")).eval()
@@ -57,8 +57,9 @@ def test_chunked_encoding_of_1203_names_equals_one_call(model: GleeModel) -> Non
         whole = model.encode_categories(names)
     assert calls.count == 6
     assert chunked.names == names
-    torch.testing.assert_close(chunked.class_embeddings, whole.class_embeddings, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(chunked.fusion_tokens, whole.fusion_tokens, atol=1e-6, rtol=1e-6)
+    # equal up to float32 rounding (batch composition changes the matmul kernels' summation order)
+    torch.testing.assert_close(chunked.class_embeddings, whole.class_embeddings, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked.fusion_tokens, whole.fusion_tokens, atol=1e-5, rtol=1e-5)
     assert torch.equal(chunked.input_ids, whole.input_ids)
     assert torch.equal(chunked.attention_mask.cpu(), whole.attention_mask.cpu())
     assert cache.categories(model, names) is chunked and calls.count == 6  # the assembled list is cached too
@@ -89,7 +90,8 @@ def test_cache_is_bounded_and_least_recently_used(model: GleeModel) -> None:
     assert cache.encoder_calls == calls + 1  # "b" was evicted
 
 
-def test_new_weights_invalidate_entries(model: GleeModel) -> None:
+def test_new_weights_invalidate_entries() -> None:
+    model = GleeModel(GleeConfig.preset("tiny")).eval()  # mutated below: not the shared one
     cache = TextEmbeddingCache()
     before = cache.categories(model, ["person"]).class_embeddings.clone()
     with torch.no_grad():

@@ -193,7 +193,7 @@ def resize_prompt_mask(mask: Tensor | np.ndarray, resized: tuple[int, int], padd
     As the demo: the 0/1 mask is resized with the image's kernel and thresholded at > 0 (any coverage
     counts), then zero-padded.
     """
-    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
+    m = torch.tensor(mask) if isinstance(mask, np.ndarray) else torch.as_tensor(mask)
     if m.dim() != 2:
         raise ValueError(f"prompt mask must be [H, W], got {tuple(m.shape)}")
     x = _interpolate(m.to(torch.float32)[None, None], resized, cfg)[0, 0] > 0

@@ -13,7 +13,10 @@ bottom and right, so boxes are relative to the padded size (``GleeOutput.padded_
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +27,20 @@ from torch import Tensor, nn
 
 from glee.config import GleeConfig
 from glee.modeling.backbones import build_backbone
+from glee.modeling.ms_deform_attn import MultiScaleDeformableAttention
+from glee.modeling.ms_deform_attn_fast import ms_deform_attn_auto
 from glee.modeling.object_decoder import DecoderPrompt, DenoisingQueries, ObjectDecoder
 from glee.modeling.pixel_decoder import PixelDecoder
-from glee.modeling.text_encoder import ClipTextModel, masked_mean
+from glee.modeling.text_encoder import masked_mean
+from glee.modeling.text_encoder_minilm import build_text_encoder, build_tokenizer
 from glee.modeling.visual_prompt import FeatureFuser, point_tokens, prompt_points, sample_points, template_crops
 from glee.tokenizer import ClipTokenizer
 
 VISUAL_PROMPT_TYPES = ("point", "box", "scribble", "mask")
+# "reference": the official computation step by step (parity tests); "fast": the same outputs (float32, within
+# the parity tolerance) with cached/trimmed text, fused kernels and folded layers; "fast_bf16": "fast" with
+# bfloat16 autocast for the image side (text stays float32).  Training mode always computes as "reference".
+INFERENCE_MODES = ("reference", "fast", "fast_bf16")
 
 
 @dataclass
@@ -82,11 +92,11 @@ class GleeModel(nn.Module):
         channels = [self.backbone.out_channels[f] for f in self.backbone.out_features]
         if cfg.visual_prompt:
             self.sot_fuser = FeatureFuser(channels[-3:], cfg.hidden_dim)
-        self.text_encoder = ClipTextModel(cfg.text)
+        self.text_encoder = build_text_encoder(cfg.text)  # CLIP, or frozen MiniLM for arch "minilm"
         if cfg.text.arch == "clip_frozen":
             self.text_encoder.requires_grad_(False)
         if with_teacher:
-            self.text_encoder_teacher = ClipTextModel(cfg.text).requires_grad_(False)
+            self.text_encoder_teacher = build_text_encoder(cfg.text).requires_grad_(False)
         self.lang_projection = nn.Parameter(torch.rand(cfg.text.hidden_size, cfg.dim_proj))
         self.pixel_decoder = PixelDecoder(cfg, self.backbone.out_channels, self.backbone.out_strides)
         self.predictor = ObjectDecoder(cfg)
@@ -97,12 +107,55 @@ class GleeModel(nn.Module):
             nn.init.trunc_normal_(p, std=0.02)
         self.pn_indicator = nn.Embedding(2, cfg.hidden_dim)
         self._tokenizer = tokenizer
+        self.text_cache_size = 8192  # texts kept by the fast mode's per-text cache (least recently used go first)
+        self._text_cache: OrderedDict[tuple[str, str], _TextEntry] = OrderedDict()
+        self._text_cache_version: tuple = ()
+        self.inference_mode = "fast"
+        self.set_inference_mode("fast")
+
+    # ------------------------------------------------------------------ inference mode
+    def set_inference_mode(self, mode: str) -> GleeModel:
+        """Choose how eval-mode forwards compute: ``reference``, ``fast`` (default) or ``fast_bf16``.
+
+        ``fast`` gives the reference's outputs within the parity tolerance: per-text cache of the text
+        features (under ``torch.no_grad``), category names encoded at their own length instead of 77
+        tokens, padded expression tokens dropped from decoder self-attention (where they are masked), the
+        C / Triton deformable-attention kernel, early fusion folded into the prompt tokens, token-chunked
+        encoder layers, frozen BatchNorm folded into the convolutions, channels-last images.
+        ``fast_bf16`` adds bfloat16 autocast for everything but the text encoder.  Returns ``self``.
+        """
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"inference mode must be one of {INFERENCE_MODES}, got {mode!r}")
+        fast = mode != "reference"
+        for module in self.modules():
+            if isinstance(module, MultiScaleDeformableAttention):
+                module.fast_kernel = ms_deform_attn_auto if fast else None  # instance attribute: not bound
+            elif hasattr(type(module), "fast_inference"):
+                module.fast_inference = fast
+        self.inference_mode = mode
+        return self
+
+    @contextlib.contextmanager
+    def using_inference_mode(self, mode: str) -> Iterator[GleeModel]:
+        """``with model.using_inference_mode("reference"): ...`` -- the previous mode is restored on exit."""
+        previous = self.inference_mode
+        self.set_inference_mode(mode)
+        try:
+            yield self
+        finally:
+            self.set_inference_mode(previous)
+
+    def _fast(self) -> bool:
+        return self.inference_mode != "reference" and not self.training
+
+    def clear_text_cache(self) -> None:
+        self._text_cache.clear()
 
     # ------------------------------------------------------------------ text
     @property
     def tokenizer(self) -> ClipTokenizer:
         if self._tokenizer is None:
-            self._tokenizer = ClipTokenizer.default(self.cfg.text.max_length)
+            self._tokenizer = build_tokenizer(self.cfg.text)
         return self._tokenizer
 
     @tokenizer.setter
@@ -120,8 +173,16 @@ class GleeModel(nn.Module):
     def encode_categories(self, names: list[str]) -> CategoryEmbeddings:
         """Class names -> class embeddings and early-fusion tokens (official category path)."""
         names = _check_names(names)
+        if self._fast():
+            return self._encode_categories_fast(names)
         ids, mask = self.tokenizer(names, pad_to_max_length=self.cfg.text.pad_to_max_length)
         tokens = self.encode_text_tokens(ids, mask)
+        teacher = getattr(self, "text_encoder_teacher", None)
+        if teacher is not None and not self.training:
+            # reference mode repeats the official per-call work: the official forward also runs the frozen
+            # teacher on the names for a zero-weighted distillation loss; its output never reaches a prediction
+            with torch.no_grad():
+                teacher(ids.to(self.device), mask.to(self.device))
         mask = mask.to(tokens.device)
         return CategoryEmbeddings(
             names=names,
@@ -137,6 +198,8 @@ class GleeModel(nn.Module):
             raise ValueError("expressions must be a non-empty list of strings, one per image")
         if any(not isinstance(t, str) or not t.strip() for t in texts):
             raise ValueError(f"every expression must be a non-empty string, got {texts!r}")
+        if self._fast():
+            return self._encode_expressions_fast(list(texts))
         ids, mask = self.tokenizer(list(texts), pad_to_max_length=True)
         tokens = self.encode_text_tokens(ids, mask)
         mask = mask.to(tokens.device)
@@ -144,6 +207,96 @@ class GleeModel(nn.Module):
             texts=list(texts), tokens=tokens, attention_mask=mask, grounding_class=masked_mean(tokens, mask),
             input_ids=ids,
         )
+
+    # ------------------------------------------------------------------ fast text path
+    def _cached_texts(self, kind: str, texts: list[str]) -> tuple[list[_TextEntry | None], bool]:
+        """Cache look-up: entries (None = miss) and whether the cache may be used at all.
+
+        The cache serves only no-grad eval forwards; its entries are dropped when any text weight changes
+        (in-place update, new storage, dtype or device), which the (pointer, version) key detects.
+        """
+        if torch.is_grad_enabled():
+            return [None] * len(texts), False
+        params = [*self.text_encoder.parameters(), self.lang_projection]
+        version = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if version != self._text_cache_version:
+            self._text_cache.clear()
+            self._text_cache_version = version
+        entries = []
+        for text in texts:
+            entry = self._text_cache.get((kind, text))
+            if entry is not None:
+                self._text_cache.move_to_end((kind, text))
+            entries.append(entry)
+        return entries, True
+
+    def _store_texts(self, kind: str, texts: list[str], entries: list[_TextEntry]) -> None:
+        for text, entry in zip(texts, entries):
+            self._text_cache[(kind, text)] = entry
+        while len(self._text_cache) > self.text_cache_size:
+            self._text_cache.popitem(last=False)
+
+    def _encode_categories_fast(self, names: list[str]) -> CategoryEmbeddings:
+        """``encode_categories`` with each name encoded at its own length and cached per name.
+
+        Exact: CLIP's text attention is causal with a padding mask and only valid tokens are used (pooled
+        mean, early-fusion tokens), so trailing padding changes nothing.  ``input_ids`` / ``attention_mask``
+        are still returned padded as the tokenizer would pad them.
+        """
+        entries, use_cache = self._cached_texts("category", names)
+        missing = list(dict.fromkeys(n for n, e in zip(names, entries) if e is None))
+        if missing:
+            fresh = self._encode_texts(missing, self.cfg.text.pad_to_max_length, trim=True)
+            if use_cache:
+                self._store_texts("category", missing, fresh)
+            by_name = dict(zip(missing, fresh))
+            entries = [e if e is not None else by_name[n] for n, e in zip(names, entries)]
+        length = max(e.input_ids.shape[0] for e in entries)
+        return CategoryEmbeddings(
+            names=names,
+            class_embeddings=torch.stack([e.pooled for e in entries]),
+            fusion_tokens=torch.cat([e.tokens for e in entries]),
+            input_ids=torch.stack([_pad_row(e.input_ids, length, self.tokenizer.pad_id) for e in entries]),
+            attention_mask=torch.stack([_pad_row(e.attention_mask, length, 0) for e in entries]),
+        )
+
+    def _encode_expressions_fast(self, texts: list[str]) -> ExpressionEmbeddings:
+        """``encode_expressions`` cached per text.  All 77 positions are kept: early fusion reads the padded
+        ones (their features depend on the valid tokens and their own position); the decoder drops them."""
+        entries, use_cache = self._cached_texts("expression", texts)
+        missing = list(dict.fromkeys(t for t, e in zip(texts, entries) if e is None))
+        if missing:
+            fresh = self._encode_texts(missing, True, trim=False)
+            if use_cache:
+                self._store_texts("expression", missing, fresh)
+            by_text = dict(zip(missing, fresh))
+            entries = [e if e is not None else by_text[t] for t, e in zip(texts, entries)]
+        return ExpressionEmbeddings(
+            texts=texts,
+            tokens=torch.stack([e.tokens for e in entries]),
+            attention_mask=torch.stack([e.attention_mask for e in entries]).to(self.device),
+            grounding_class=torch.stack([e.pooled for e in entries]),
+            input_ids=torch.stack([e.input_ids for e in entries]),
+        )
+
+    def _encode_texts(self, texts: list[str], pad_to_max_length: bool, trim: bool) -> list[_TextEntry]:
+        """Tokenise, run the text tower once (on the longest valid length when ``trim``), split per text.
+
+        Trimmed entries hold the valid tokens only; untrimmed ones every position.  Always float32: the
+        bf16 mode autocasts only the image side.
+        """
+        ids, mask = self.tokenizer(texts, pad_to_max_length=pad_to_max_length)
+        lengths = mask.sum(1)
+        used = int(lengths.max()) if trim else ids.shape[1]
+        with torch.autocast(self.device.type, enabled=False):
+            tokens = self.encode_text_tokens(ids[:, :used], mask[:, :used])
+        dev_mask = mask[:, :used].to(tokens.device)
+        pooled = masked_mean(tokens, dev_mask)
+        entries = []
+        for i in range(len(texts)):
+            toks = tokens[i, : int(lengths[i])] if trim else tokens[i]
+            entries.append(_TextEntry(ids[i], mask[i], toks.detach(), pooled[i].detach()))
+        return entries
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -169,6 +322,17 @@ class GleeModel(nn.Module):
             all_layer_masks: masks for every prediction set (training).
         """
         images = self._check_images(images)
+        if (self.inference_mode == "fast_bf16" and not self.training
+                and not torch.is_autocast_enabled(images.device.type)):
+            # text first, in float32 (and through the cache); then the image side under bf16 autocast
+            if categories is not None and not isinstance(categories, CategoryEmbeddings):
+                categories = self.encode_categories(categories)
+            if expressions is not None and not isinstance(expressions, ExpressionEmbeddings):
+                expressions = self.encode_expressions(expressions)
+            with torch.autocast(images.device.type, dtype=torch.bfloat16):
+                out = self.forward(images, categories, expressions, visual_prompt_masks, visual_prompt_type,
+                                   generator, denoising, all_layer_masks)
+            return _outputs_to_float32(out)
         batch = images.shape[0]
         if categories is None and expressions is None:
             raise ValueError("give `categories` (class names) or `expressions` (one per image); for visual "
@@ -181,6 +345,8 @@ class GleeModel(nn.Module):
             if visual_prompt_type not in VISUAL_PROMPT_TYPES:
                 raise ValueError(f"visual_prompt_type must be one of {VISUAL_PROMPT_TYPES}, got {visual_prompt_type!r}")
         padded, (height, width) = self._pad(images)
+        if self._fast():  # oneDNN convolutions run fastest on NHWC; the pixel decoder reads NHWC for free
+            padded = padded.contiguous(memory_format=torch.channels_last)
         if visual_prompt_masks is not None:
             visual_prompt_masks = F.pad(
                 visual_prompt_masks, (0, padded.shape[-1] - width, 0, padded.shape[-2] - height)
@@ -315,6 +481,38 @@ class GleeModel(nn.Module):
         from glee.checkpoint import from_pretrained
 
         return from_pretrained(folder, map_location)
+
+
+@dataclass
+class _TextEntry:
+    """One cached text: tokenizer row, token features ([T, C] valid tokens or [L, C] all) and pooled mean."""
+
+    input_ids: Tensor  # [L]
+    attention_mask: Tensor  # [L]
+    tokens: Tensor
+    pooled: Tensor  # [C]
+
+
+def _pad_row(row: Tensor, length: int, value: int) -> Tensor:
+    return row if row.shape[0] == length else torch.cat([row, row.new_full((length - row.shape[0],), value)])
+
+
+def _outputs_to_float32(out: GleeOutput) -> GleeOutput:
+    """Cast every floating tensor of a (bf16 autocast) output to float32."""
+
+    def cast(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            return x.float() if x.is_floating_point() else x
+        if isinstance(x, dict):
+            return {k: cast(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [cast(v) for v in x]
+        return x
+
+    for name in ("pred_logits", "pred_scores", "pred_boxes", "pred_masks", "query_embeddings", "pixel_embeddings",
+                 "aux_outputs", "interm_outputs"):
+        setattr(out, name, cast(getattr(out, name)))
+    return out
 
 
 def _check_names(names: list[str]) -> list[str]:

@@ -62,11 +62,41 @@ class ConvNorm(nn.Conv2d):
         self.norm = norm
         self.relu = relu
 
+    fast_inference = False  # set by GleeModel.set_inference_mode; used only in eval mode
+
     def forward(self, x: Tensor) -> Tensor:
+        if (self.fast_inference and not self.training and isinstance(self.norm, FrozenBatchNorm2d)
+                and not (torch.is_grad_enabled() and self.weight.requires_grad)):
+            weight, bias = self._folded()
+            x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            return F.relu_(x) if self.relu else x
         x = super().forward(x)
         if self.norm is not None:
             x = self.norm(x)
         return F.relu(x) if self.relu else x
+
+    def _folded(self) -> tuple[Tensor, Tensor]:
+        """Conv weight and bias with the frozen BatchNorm folded in (cached until a tensor changes).
+
+        ``norm(conv(x)) = conv(x) * s + t`` with per-channel ``s, t``, so it equals a convolution with weight
+        ``W * s`` and bias ``b * s + t``: one pass over the output instead of three.  The weight is kept
+        channels-last, the layout the fast path feeds oneDNN.
+        """
+        norm = self.norm
+        tensors = [self.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        if self.bias is not None:
+            tensors.append(self.bias)
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cached = self.__dict__.get("_folded_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+                shift = norm.bias - norm.running_mean * scale
+                weight = (self.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+                bias = shift if self.bias is None else self.bias * scale + shift
+            cached = (key, weight.to(self.weight.dtype), bias.to(self.weight.dtype))
+            self.__dict__["_folded_cache"] = cached
+        return cached[1], cached[2]
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:

@@ -1,7 +1,9 @@
 """Multi-scale deformable attention (Deformable DETR), pure PyTorch.
 
 The sampling kernel ``ms_deform_attn_core`` is the only piece a faster implementation needs to replace:
-``MultiScaleDeformableAttention.kernel`` can be swapped for any function with the same signature.
+``MultiScaleDeformableAttention.kernel`` can be swapped for any function with the same signature.  It stays
+the reference; ``GleeModel``'s fast inference modes set ``fast_kernel`` per instance instead (see
+``glee.modeling.ms_deform_attn_fast``), which is used in eval mode only.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class MultiScaleDeformableAttention(nn.Module):
     """``MSDeformAttn``: keys ``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``."""
 
     kernel: DeformKernel = staticmethod(ms_deform_attn_core)
+    fast_kernel: DeformKernel | None = None
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
         super().__init__()
@@ -100,6 +103,11 @@ class MultiScaleDeformableAttention(nn.Module):
         self, query: Tensor, reference_points: Tensor, value: Tensor, spatial_shapes: list[tuple[int, int]]
     ) -> Tensor:
         """Sampling offsets and weights from ``query`` [N, Lq, C], sampling of ``value`` [N, S, M, D], output proj."""
+        fast = self.fast_kernel is not None and not self.training
+        if fast and hasattr(self.fast_kernel, "attend"):  # fused projection + softmax + sampling, if applicable
+            sampled = self.fast_kernel.attend(self, query, reference_points, value, spatial_shapes)
+            if sampled is not None:
+                return self.output_proj(sampled)
         n, lq, _ = query.shape
         offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
@@ -114,6 +122,8 @@ class MultiScaleDeformableAttention(nn.Module):
             )
         else:
             raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape}")
-        # ``kernel`` is a class-level staticmethod or a per-instance function (set by the inference mode)
-        out = self.kernel(value, spatial_shapes, locations, weights)
+        # ``kernel`` (class-level staticmethod or per-instance function) is the reference; ``fast_kernel`` is set
+        # by GleeModel's fast inference modes and used only in eval mode
+        kernel = self.fast_kernel if fast else self.kernel
+        out = kernel(value, spatial_shapes, locations, weights)
         return self.output_proj(out)

@@ -217,6 +217,44 @@ void NAME(const VT* value, const float* loc, const float* attn, VT* out, const i
 }
 DEFINE_KERNEL(glee_msda_f32, float, ID, ID)
 DEFINE_KERNEL(glee_msda_bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+
+/* Fused variant for (x, y) reference points: reads the raw projection row of each query -- sampling offsets
+   [M, L, P, 2] then attention logits [M, L * P] -- and does the softmax and loc = ref + offset / (W, H) itself. */
+#define DEFINE_FUSED(NAME, BASE, VT, STORE)                                                                    \
+void NAME(const VT* value, const float* ref, int64_t ref_bstride, const float* proj, int64_t proj_stride,      \
+          VT* out, const int64_t* shapes, const int64_t* starts, int64_t N, int64_t S, int64_t M, int64_t D,     \
+          int64_t Q, int64_t L, int64_t P, int nthreads) {                                                     \
+  _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                                         \
+  for (int64_t nq = 0; nq < N * Q; ++nq) {                                                                   \
+    float acc[256], w[64];                                                                                   \
+    const int64_t n = nq / Q, q = nq % Q, LP = L * P;                                                        \
+    const float* r = ref + n * ref_bstride + q * L * 2;                                                      \
+    const float* offs = proj + nq * proj_stride;                                                             \
+    const float* logits = offs + M * LP * 2;                                                                 \
+    for (int64_t m = 0; m < M; ++m) {                                                                        \
+      const float* lg = logits + m * LP;                                                                     \
+      float mx = lg[0], sum = 0.f;                                                                           \
+      for (int64_t k = 1; k < LP; ++k) mx = lg[k] > mx ? lg[k] : mx;                                         \
+      for (int64_t k = 0; k < LP; ++k) { w[k] = expf(lg[k] - mx); sum += w[k]; }                             \
+      for (int64_t k = 0; k < LP; ++k) w[k] = w[k] / sum;                                                    \
+      for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;                                                          \
+      for (int64_t l = 0; l < L; ++l) {                                                                      \
+        const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];                                              \
+        const VT* vbase = value + ((n * S + starts[l]) * M + m) * D;                                         \
+        for (int64_t p = 0; p < P; ++p) {                                                                    \
+          const int64_t i = (m * L + l) * P + p;                                                             \
+          const float lx = r[2 * l] + offs[2 * i] / (float)W, ly = r[2 * l + 1] + offs[2 * i + 1] / (float)H;   \
+          if (D == 32) BASE##_point(vbase, H, W, M * D, 32, lx, ly, w[l * P + p], acc);                       \
+          else BASE##_point(vbase, H, W, M * D, D, lx, ly, w[l * P + p], acc);                                \
+        }                                                                                                    \
+      }                                                                                                      \
+      VT* o = out + (nq * M + m) * D;                                                                        \
+      for (int64_t d = 0; d < D; ++d) o[d] = STORE(acc[d]);                                                  \
+    }                                                                                                        \
+  }                                                                                                          \
+}
+DEFINE_FUSED(glee_msda_fused_f32, glee_msda_f32, float, ID)
+DEFINE_FUSED(glee_msda_fused_bf16, glee_msda_bf16, uint16_t, f32_to_bf16)
 """
 _C_MAX_HEAD_DIM = 256  # the kernel's per-head accumulator size
 
@@ -286,6 +324,9 @@ def _cpu_library() -> ctypes.CDLL | None:
     for fn in (lib.glee_msda_f32, lib.glee_msda_bf16):
         fn.argtypes = [ptr] * 6 + [i64] * 7 + [ctypes.c_int]
         fn.restype = None
+    for fn in (lib.glee_msda_fused_f32, lib.glee_msda_fused_bf16):
+        fn.argtypes = [ptr, ptr, i64, ptr, i64, ptr, ptr, ptr] + [i64] * 7 + [ctypes.c_int]
+        fn.restype = None
     return lib
 
 
@@ -329,6 +370,67 @@ def ms_deform_attn_cpu(
     fn = lib.glee_msda_f32 if value.dtype == torch.float32 else lib.glee_msda_bf16
     fn(value.data_ptr(), loc.data_ptr(), attn.data_ptr(), out.data_ptr(), shapes.data_ptr(), starts.data_ptr(),
        n, s, m, d, lq, nl, npts, torch.get_num_threads())
+    return out.to(out_dtype)
+
+
+def _fused_projection(module: torch.nn.Module) -> tuple[Tensor, Tensor]:
+    """``sampling_offsets`` and ``attention_weights`` stacked into one linear layer (cached per weights)."""
+    tensors = (module.sampling_offsets.weight, module.sampling_offsets.bias, module.attention_weights.weight,
+               module.attention_weights.bias)
+    key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+    cached = module.__dict__.get("_fused_projection_cache")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, torch.cat([tensors[0], tensors[2]]), torch.cat([tensors[1], tensors[3]]))
+        module.__dict__["_fused_projection_cache"] = cached
+    return cached[1], cached[2]
+
+
+def attend_fused_cpu(
+    module: torch.nn.Module, query: Tensor, reference_points: Tensor, value: Tensor,
+    spatial_shapes: list[tuple[int, int]],
+) -> Tensor | None:
+    """``MultiScaleDeformableAttention.attend`` up to ``output_proj``, with the softmax and the sampling locations
+    computed inside the C kernel.  Returns None where it does not apply (box references, non-CPU tensors,
+    autograd, no C kernel), and the caller then takes the generic path.
+
+    One linear layer gives offsets and attention logits together; per (image, query, head) the kernel applies
+    the softmax over L * P, ``loc = ref + offset / (W_l, H_l)`` (the reference's float32 ops), and samples.
+    """
+    m, nl, npts = module.n_heads, module.n_levels, module.n_points
+    if (reference_points.shape[-1] != 2 or query.device.type != "cpu" or value.shape[-1] > _C_MAX_HEAD_DIM
+            or nl * npts > 64 or len(spatial_shapes) != nl):
+        return None
+    if torch.is_grad_enabled() and (query.requires_grad or value.requires_grad or reference_points.requires_grad
+                                    or module.sampling_offsets.weight.requires_grad):
+        return None
+    lib = _cpu_library()
+    if lib is None:
+        return None
+    n, lq, _ = query.shape
+    s = value.shape[1]
+    if s != sum(h * w for h, w in spatial_shapes) or reference_points.shape[-2] != nl:
+        raise ValueError(f"inconsistent shapes: value {tuple(value.shape)}, references "
+                         f"{tuple(reference_points.shape)}, spatial_shapes {spatial_shapes}")
+    weight, bias = _fused_projection(module)
+    proj = F.linear(query, weight.to(query.dtype), bias.to(query.dtype)).float().contiguous()
+    ref = reference_points.detach().float()
+    if ref.shape[0] == 1 and n > 1:
+        ref = ref.expand(n, -1, -1, -1)
+    if tuple(ref.stride()[1:]) != (nl * 2, 2, 1):
+        ref = ref.contiguous()
+    ref_bstride = ref.stride(0) if n > 1 else 0
+    out_dtype = value.dtype
+    if value.dtype not in (torch.float32, torch.bfloat16):
+        value = value.float()
+    value = value.contiguous()
+    d = value.shape[-1]
+    shapes = torch.tensor([int(v) for hw in spatial_shapes for v in hw], dtype=torch.int64)
+    starts = torch.tensor([0] + [int(h) * int(w) for h, w in spatial_shapes][:-1], dtype=torch.int64).cumsum(0)
+    out = value.new_empty(n, lq, m * d)
+    fn = lib.glee_msda_fused_f32 if value.dtype == torch.float32 else lib.glee_msda_fused_bf16
+    fn(value.data_ptr(), ref.data_ptr(), ref_bstride, proj.data_ptr(), proj.shape[-1], out.data_ptr(),
+       shapes.data_ptr(), starts.data_ptr(), n, s, m, d, lq, nl, npts, torch.get_num_threads())
     return out.to(out_dtype)
 
 
@@ -447,6 +549,9 @@ def ms_deform_attn_auto(
             return ms_deform_attn_triton(value, spatial_shapes, sampling_locations, attention_weights)
     return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
 
+
+# MultiScaleDeformableAttention.attend tries ``fast_kernel.attend`` first (None = not applicable)
+ms_deform_attn_auto.attend = attend_fused_cpu  # type: ignore[attr-defined]
 
 KERNELS: dict[str, DeformKernel] = {
     "reference": ms_deform_attn_core,

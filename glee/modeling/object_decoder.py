@@ -15,6 +15,7 @@ the checkpoint loader) and ``decoder_norm`` is not repeated as ``decoder.norm``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -165,7 +166,26 @@ class DecoderOutput:
     dn_outputs: dict | None = None  # training only
 
 
+def trim_prompt_padding(prompt: DecoderPrompt) -> DecoderPrompt:
+    """Drop prompt tokens that are padding in every image of the batch (exact for the decoder's outputs).
+
+    Padded prompt tokens are masked out of every query's attention and their own outputs are discarded
+    (only the query rows are kept), so removing them changes no output -- e.g. a referring expression keeps
+    its ~5-10 real tokens of 77.
+    """
+    tokens, paddings = [], []
+    for tok, pad in zip(prompt.prompt_tokens, prompt.prompt_padding):
+        keep = ~pad.all(0)
+        if not bool(keep.all()):
+            tok, pad = tok[keep], pad[:, keep]
+        tokens.append(tok)
+        paddings.append(pad)
+    return dataclasses.replace(prompt, prompt_tokens=tokens, prompt_padding=paddings)
+
+
 class ObjectDecoder(nn.Module):
+    fast_inference = False  # set by GleeModel.set_inference_mode; used only in eval mode
+
     def __init__(self, cfg: GleeConfig) -> None:
         super().__init__()
         d = cfg.hidden_dim
@@ -259,9 +279,15 @@ class ObjectDecoder(nn.Module):
                 "bqc,nc->bqn", output_memory @ self.category_embed, prompt.class_embeddings
             ).max(-1)[0]
         topk = torch.topk(token_scores, self.num_queries, dim=1)[1]
-        coords_unselected = self.bbox_embed(output_memory) + proposals
-        refpoints_undetached = torch.gather(coords_unselected, 1, topk.unsqueeze(-1).expand(-1, -1, 4))
         tgt_undetached = torch.gather(output_memory, 1, topk.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1]))
+        fast = self.fast_inference and not self.training
+        if fast:  # the box MLP is row-wise: run it on the Q selected tokens instead of all S
+            refpoints_undetached = self.bbox_embed(tgt_undetached) + torch.gather(
+                proposals, 1, topk.unsqueeze(-1).expand(-1, -1, 4)
+            )
+        else:
+            coords_unselected = self.bbox_embed(output_memory) + proposals
+            refpoints_undetached = torch.gather(coords_unselected, 1, topk.unsqueeze(-1).expand(-1, -1, 4))
         i_scores, i_logits, i_masks = self.prediction_heads(tgt_undetached, mask_features, prompt, True)
         interm = {
             "pred_logits": i_logits, "pred_scores": i_scores,
@@ -275,6 +301,8 @@ class ObjectDecoder(nn.Module):
             refpoints = torch.cat([denoising.boxes_unsigmoid, refpoints], 1)
             attn_mask = denoising.attn_mask
 
+        if fast and prompt.prompt_tokens:
+            prompt = trim_prompt_padding(prompt)
         scores_list, logits_list, masks_list = [], [], []
         s, lg, m = self.prediction_heads(tgt, mask_features, prompt, all_layer_masks)
         scores_list.append(s)
@@ -291,7 +319,7 @@ class ObjectDecoder(nn.Module):
         n_levels = len(shapes)
         for layer_id, layer in enumerate(dec.layers):
             ref_input = reference[:, :, None].expand(-1, -1, n_levels, -1)
-            query_pos = dec.ref_point_head(box_sine_embedding(reference))
+            query_pos = dec.ref_point_head(box_sine_embedding(reference, self.cfg.hidden_dim // 2))  # 4 * d/2 = 2d
             if prompt.prompt_tokens:
                 level = layer_id % 3 if prompt.visual_prompt else 0
                 p_tokens, p_pad = prompt.prompt_tokens[level], prompt.prompt_padding[level]

@@ -58,13 +58,14 @@ class DeformableEncoderLayer(nn.Module):
         the FFN's [chunk, 2048] hidden state and the sampling temporaries stay in cache.
         """
         value = self.self_attn.project_value(src)
+        chunk = self.chunk if src.device.type == "cpu" else src.shape[1]  # GPUs prefer one large launch
         out = torch.empty_like(src)
-        for i in range(0, src.shape[1], self.chunk):
-            x = src[:, i : i + self.chunk]
-            attn = self.self_attn.attend(x + pos[:, i : i + self.chunk], reference_points[:, i : i + self.chunk],
-                                         value, spatial_shapes)
+        for i in range(0, src.shape[1], chunk):
+            x = src[:, i : i + chunk]
+            attn = self.self_attn.attend(x + pos[:, i : i + chunk], reference_points[:, i : i + chunk], value,
+                                         spatial_shapes)
             x = self.norm1(x + attn)
-            out[:, i : i + self.chunk] = self.norm2(x + self.linear2(F.relu(self.linear1(x))))
+            out[:, i : i + chunk] = self.norm2(x + self.linear2(F.relu(self.linear1(x))))
         return out
 
 
@@ -78,7 +79,7 @@ class DeformableEncoder(nn.Module):
             for _ in range(cfg.enc_layers)
         )
         # Official: a list of ``enc_layers`` entries, only the first is a VLFuse, the rest are Identity.
-        self.vl_layers = nn.ModuleList([VLFuse(d)]) if cfg.early_fusion else nn.ModuleList()
+        self.vl_layers = nn.ModuleList([VLFuse(d, cfg.fusion_embed_dim)]) if cfg.early_fusion else nn.ModuleList()
 
     @staticmethod
     def reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> Tensor:
@@ -146,6 +147,33 @@ class PixelDecoder(nn.Module):
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
 
+    fast_inference = False  # set by GleeModel.set_inference_mode; used only in eval mode
+
+    def _positions(self, shapes: list[tuple[int, int]], batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Position embeddings (sine + level embedding) [B or 1, S, C] and reference points [1, S, L, 2].
+
+        They depend only on the level shapes and ``level_embed``, so the fast path (no-grad eval) computes
+        them once per image size and keeps them (batch dimension 1, broadcast by the encoder layers).
+        """
+        level_embed = self.transformer.level_embed
+        cache = self.fast_inference and not self.training and not torch.is_grad_enabled()
+        key = (tuple(shapes), str(device), level_embed.data_ptr(), level_embed._version, level_embed.dtype)
+        hit = self.__dict__.get("_positions_cache")
+        if cache and hit is not None and hit[0] == key:
+            return hit[1], hit[2]
+        pos = torch.cat(
+            [
+                sine_position_embedding_2d(1 if cache else batch, h, w, self.cfg.conv_dim // 2, device=device)
+                .flatten(2).transpose(1, 2) + level_embed[i].view(1, 1, -1)
+                for i, (h, w) in enumerate(shapes)
+            ],
+            1,
+        )
+        ref = DeformableEncoder.reference_points(shapes, device)
+        if cache:
+            self.__dict__["_positions_cache"] = (key, pos, ref)
+        return pos, ref
+
     def encoder_inputs(self, features: dict[str, Tensor]) -> list[Tensor]:
         """Projected encoder levels, strides high to low resolution (8, 16, 32, 64)."""
         if self.is_vit:
@@ -166,20 +194,11 @@ class PixelDecoder(nn.Module):
         srcs = self.encoder_inputs(features)
         batch = srcs[0].shape[0]
         shapes = [(s.shape[2], s.shape[3]) for s in srcs]
-        level_embed = self.transformer.level_embed
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
-        pos = torch.cat(
-            [
-                sine_position_embedding_2d(batch, h, w, self.cfg.conv_dim // 2, device=src.device)
-                .flatten(2).transpose(1, 2) + level_embed[i].view(1, 1, -1)
-                for i, (h, w) in enumerate(shapes)
-            ],
-            1,
-        )
+        pos, ref = self._positions(shapes, batch, src.device)
         encoder = self.transformer.encoder
         if prompt_tokens is not None and len(encoder.vl_layers):
             src, _ = encoder.vl_layers[0](src, prompt_tokens)
-        ref = DeformableEncoder.reference_points(shapes, src.device)
         for layer in encoder.layers:
             src = layer(src, pos, ref, shapes)
         sizes = [h * w for h, w in shapes]

@@ -256,8 +256,8 @@ def _open_file(path: Path) -> FrameSource:
             if count < expected - slack:
                 raise VideoReadError(
                     f"{str(path)!r} ended after {count} frames, but its header promises {expected} "
-                    f"({duration:.2f} s at {fps:g} fps): the file is truncated or corrupt; the frames before the "
-                    "break were processed"
+                    f"({duration:.2f} s at {fps:g} fps): the file is truncated or corrupt; re-encode or "
+                    "re-download it"
                 )
 
     return FrameSource(info, frames(), reader.close)

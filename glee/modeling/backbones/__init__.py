@@ -30,4 +30,8 @@ def build_backbone(cfg: GleeConfig) -> nn.Module:
         from glee.modeling.backbones.eva02 import Eva02Backbone
 
         return Eva02Backbone(cfg.eva02)
-    raise ValueError(f"unknown backbone {cfg.backbone!r}; choose resnet, swin or eva02")
+    if cfg.backbone == "efficientnet_lite0":
+        from glee.modeling.backbones.efficientnet import EfficientNetLite0Backbone
+
+        return EfficientNetLite0Backbone(cfg.efficientnet)
+    raise ValueError(f"unknown backbone {cfg.backbone!r}; choose resnet, swin, eva02 or efficientnet_lite0")
