@@ -72,9 +72,20 @@ class MiniLMTextModel(nn.Module):
         self.cfg = cfg
         if cfg.pretrained:
             folder = minilm_folder(cfg)
-            self.bert = BertModel.from_pretrained(
-                str(folder), add_pooling_layer=False, local_files_only=True, attn_implementation="sdpa"
-            )
+            from transformers.utils import logging as hf_logging
+
+            level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # the package's unused pooler weights are expected, not news
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+            try:
+                self.bert = BertModel.from_pretrained(
+                    str(folder), add_pooling_layer=False, local_files_only=True, attn_implementation="sdpa"
+                )
+            finally:
+                hf_logging.set_verbosity(level)
+                if bars:
+                    hf_logging.enable_progress_bar()
             got = self.bert.config
             want = _bert_config(cfg)
             fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")

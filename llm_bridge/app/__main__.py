@@ -1,0 +1,5 @@
+import sys
+
+from llm_bridge.app.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""ReasonSeg (LISA's reasoning-segmentation benchmark) in its released layout.
+
+``<root>/<split>/<name>.jpg`` + ``<name>.json`` with ``text`` (instructions), ``is_sentence`` and ``shapes``
+(labelme polygons labelled ``target`` or ``ignore``; ``flag`` shapes are dropped), and optionally
+``<root>/explanatory/train.json`` (a list of ``{"image", "query", "outputs"}``).  Polygons are rasterised
+largest first, so a smaller shape drawn later wins; ignore regions get 255.
+
+Sampling follows LISA: up to 3 instructions of one image, one single-turn conversation each, sentence-style
+instructions with the long templates and phrases with the short ones.  For images with an explanation, with
+probability ``explanatory`` the answer is the explanation only (no [SEG], no mask); otherwise half of the
+time the plain [SEG] answer and half the time [SEG] followed by the explanation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from llm_bridge.data.base import IGNORE_VALUE, RandomSampleDataset, SegSample, choose, read_image
+from llm_bridge.data.conversation import (
+    ANSWER_LIST,
+    EXPLANATORY_QUESTION_LIST,
+    IMAGE_PLACEHOLDER,
+    LONG_QUESTION_LIST,
+    SHORT_QUESTION_LIST,
+    with_image,
+)
+
+
+def read_annotation(path: str | Path) -> dict:
+    """A ReasonSeg JSON (some files are cp1252-encoded, as LISA notes)."""
+    raw = Path(path).read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return json.loads(raw.decode("cp1252"))
+
+
+def rasterize(shapes: list[dict], height: int, width: int) -> np.ndarray:
+    """[H, W] uint8: 1 target, 255 ignore, 0 background; largest polygon first."""
+    from PIL import Image, ImageDraw
+
+    valid = [s for s in shapes if str(s.get("label", "")).lower() != "flag" and len(s.get("points", [])) >= 2]
+
+    def area(shape: dict) -> int:
+        canvas = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(canvas).polygon([tuple(map(float, p)) for p in shape["points"]], fill=1, outline=1)
+        return int(np.asarray(canvas).sum())
+
+    order = sorted(valid, key=area, reverse=True)
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for shape in order:
+        value = IGNORE_VALUE if "ignore" in str(shape["label"]).lower() else 1
+        draw.polygon([tuple(map(float, p)) for p in shape["points"]], fill=value, outline=value)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def load_mask(json_path: str | Path, height: int, width: int) -> tuple[np.ndarray, list[str], bool]:
+    """(mask [H, W], instructions, is_sentence) of one ReasonSeg annotation."""
+    anno = read_annotation(json_path)
+    for key in ("shapes", "text", "is_sentence"):
+        if key not in anno:
+            raise ValueError(f"{json_path}: not a ReasonSeg annotation (no {key!r} field)")
+    texts = anno["text"] if isinstance(anno["text"], list) else [anno["text"]]
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ValueError(f"{json_path}: no instruction text")
+    return rasterize(anno["shapes"], height, width), texts, bool(anno["is_sentence"])
+
+
+class ReasonSegDataset(RandomSampleDataset):
+    kind = "reason_seg"
+
+    def __init__(
+        self,
+        root: str | Path,
+        splits: str | list[str] = "train",
+        num_per_sample: int = 3,
+        explanatory: float = 0.1,
+        explanatory_file: str | Path | None = None,
+        samples_per_epoch: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            root: the ``ReasonSeg`` folder (LISA: ``<dataset_dir>/reason_seg/ReasonSeg``).
+            splits: "train", "val", "train_val" or a list.
+            explanatory: probability of an explanation-only answer; -1 disables explanations (LISA's switch).
+            explanatory_file: default ``<root>/explanatory/train.json`` when present.
+        """
+        super().__init__(samples_per_epoch, seed)
+        self.root = Path(root)
+        split_list = splits.split("_") if isinstance(splits, str) else list(splits)
+        self.images: list[Path] = []
+        for split in split_list:
+            folder = self.root / split
+            if not folder.is_dir():
+                raise FileNotFoundError(f"ReasonSeg split folder {folder} does not exist")
+            self.images += sorted(p for p in folder.glob("*.jpg") if p.with_suffix(".json").exists())
+        if not self.images:
+            raise FileNotFoundError(f"no ReasonSeg image/json pairs under {self.root} for splits {split_list}")
+        self.num_per_sample = num_per_sample
+        self.explanatory = explanatory
+        self.explanations: dict[str, str] = {}
+        if explanatory != -1:
+            path = Path(explanatory_file) if explanatory_file else self.root / "explanatory" / "train.json"
+            if path.exists():
+                for item in json.loads(path.read_text()):
+                    self.explanations[item["image"]] = item["outputs"]
+            elif explanatory_file:
+                raise FileNotFoundError(f"explanatory file {path} does not exist")
+
+    def describe(self) -> str:
+        return f"{len(self.images)} images, {len(self.explanations)} explanations"
+
+    def sample(self, rng: np.random.Generator) -> SegSample:
+        path = self.images[int(rng.integers(len(self.images)))]
+        image = read_image(path)
+        h, w = image.shape[:2]
+        mask, texts, is_sentence = load_mask(path.with_suffix(".json"), h, w)
+        chosen = choose(rng, texts, self.num_per_sample)
+        explanation = self.explanations.get(path.name)
+        mode = 0  # 0: [SEG] answer, 1: [SEG] + explanation, 2: explanation only
+        if explanation is not None:
+            mode = 2 if rng.random() < self.explanatory else int(rng.integers(2))
+        conversations, n_masks = [], 0
+        for text in chosen:
+            if is_sentence:
+                question = with_image(str(rng.choice(LONG_QUESTION_LIST)).format(sent=text))
+            else:
+                question = with_image(str(rng.choice(SHORT_QUESTION_LIST)).format(class_name=text.lower()))
+            answer = str(rng.choice(ANSWER_LIST))
+            if mode == 1:
+                question = f"{IMAGE_PLACEHOLDER} {text} {rng.choice(EXPLANATORY_QUESTION_LIST)}"
+                answer = f"{answer} {explanation}"
+            elif mode == 2:
+                question = f"{IMAGE_PLACEHOLDER} {text}"
+                answer = str(explanation)
+            n_masks += answer.count("[SEG]")
+            conversations.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+        target = (mask == 1).astype(np.uint8)
+        target[mask == IGNORE_VALUE] = IGNORE_VALUE  # LISA trains with these as background; we leave them out
+        masks = np.repeat(target[None], n_masks, axis=0)
+        return SegSample(image, conversations, masks, self.kind, str(path), {"is_sentence": is_sentence})

