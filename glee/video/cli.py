@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--keep-threshold", type=float, default=None,
                     help="stream: frame score that keeps a track visible (default: --score-threshold)")
     tr.add_argument("--max-tracks", type=int, default=100, help="stream: tracks per frame at most")
-    tr.add_argument("--top-k", type=int, default=30, help="offline: instances kept (official 30; R-VOS 1)")
+    tr.add_argument("--top-k", type=int, default=None,
+                    help="offline: instances kept (default: 30 as officially for classes, 1 for --expr)")
     tr.add_argument("--window", type=int, default=None, help="offline: frames per forward (official 10)")
     tr.add_argument("--prompt-mode", choices=["first_frame", "propagate"], default="first_frame",
                     help="VOS: reuse frame-0 prompt tokens, or re-prompt with the previous mask")
@@ -232,12 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     if task in ("classes", "class-agnostic"):
         task = "classes"
         if args.mode == "offline":
-            options.update(top_k=args.top_k, window=args.window)
+            options.update(top_k=args.top_k or 30, window=args.window)
         else:
             options.update(score_threshold=args.score_threshold, keep_threshold=args.keep_threshold,
                            max_tracks=args.max_tracks)
     elif task == "expr" and args.mode == "offline":
-        options.update(top_k=args.top_k, window=args.window)
+        options.update(top_k=args.top_k or 1, window=args.window)
     else:
         options.update(embed_weight=args.embed_weight)
         if task == "objects":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,10 @@ def _decode(rle: Mapping[str, Any]) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     counts = rle["counts"]
-    return mask_utils.decode({"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str)
-                              else counts}).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' decode trips a numpy-2 deprecation warning on every call
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        return mask_utils.decode({"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str)
+                                  else counts}).astype(bool)
 
 
 @dataclass

@@ -4,9 +4,10 @@ Every source yields RGB ``uint8`` arrays ``[H, W, 3]`` and never holds more than
 tracker fed from it keeps flat memory however long the video is.  Video files are decoded by the ffmpeg
 binary that ``imageio-ffmpeg`` ships (``pip install imageio-ffmpeg``, or the ``video`` extra).
 
-Bad input fails with :class:`VideoReadError` naming the file and the problem: a missing path, a file ffmpeg
-cannot open (not a video, or a truncated MP4 whose index is gone), a stream that breaks off mid-way
-(fewer frames than the header promises), or a source with no frames at all.
+Bad input fails with :class:`VideoReadError` naming the file and the problem: a file ffmpeg cannot open (not a
+video, no video stream, or a truncated MP4 whose index is gone), a stream that breaks off mid-way (more than 5%
+fewer frames than the header's duration x fps; raised when the stream ends, after the frames before the break),
+or a source with no frames at all.  A missing path is a ``FileNotFoundError``.
 """
 
 from __future__ import annotations
