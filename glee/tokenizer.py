@@ -65,7 +65,47 @@ def clean_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-class ClipTokenizer:
+class SpecialTokenTokenizer:
+    """Shared packing of ``encode(text)`` ids into ``[BOS, ..., EOS, PAD...]`` rows with an attention mask.
+
+    Subclasses set ``max_length``, ``bos_id``, ``eos_id``, ``pad_id`` and implement ``encode``.
+    """
+
+    max_length: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def __call__(self, texts: list[str], pad_to_max_length: bool = True) -> tuple[Tensor, Tensor]:
+        """Strings -> (input_ids [N, L], attention_mask [N, L]): ``[BOS, tokens..., EOS, PAD...]``.
+
+        ``L`` is ``max_length`` when padding to max length (GLEE's official setting), else the longest
+        sequence.  Longer texts are truncated to ``max_length - 2`` tokens with a warning.
+        """
+        if isinstance(texts, str):
+            raise TypeError("pass a list of strings, not a single string")
+        rows = []
+        for text in texts:
+            ids = self.encode(text)
+            if len(ids) > self.max_length - 2:
+                warnings.warn(
+                    f"text of {len(ids)} tokens truncated to {self.max_length - 2}: {text[:60]!r}", stacklevel=2
+                )
+                ids = ids[: self.max_length - 2]
+            rows.append([self.bos_id, *ids, self.eos_id])
+        length = self.max_length if pad_to_max_length else max((len(r) for r in rows), default=2)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        return input_ids, attention_mask
+
+
+class ClipTokenizer(SpecialTokenTokenizer):
     """Tokenise strings for GLEE's CLIP text encoder."""
 
     bos_id = 49406
@@ -100,31 +140,6 @@ class ClipTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of one string without special tokens and without truncation."""
         return self._tok(clean_text(text), add_special_tokens=False)["input_ids"]
-
-    def __call__(self, texts: list[str], pad_to_max_length: bool = True) -> tuple[Tensor, Tensor]:
-        """Strings -> (input_ids [N, L], attention_mask [N, L]).
-
-        ``L`` is ``max_length`` when padding to max length (the official setting), else the longest
-        sequence.  Longer texts are truncated to ``max_length - 2`` tokens with a warning.
-        """
-        if isinstance(texts, str):
-            raise TypeError("pass a list of strings, not a single string")
-        rows = []
-        for text in texts:
-            ids = self.encode(text)
-            if len(ids) > self.max_length - 2:
-                warnings.warn(
-                    f"text of {len(ids)} tokens truncated to {self.max_length - 2}: {text[:60]!r}", stacklevel=2
-                )
-                ids = ids[: self.max_length - 2]
-            rows.append([self.bos_id, *ids, self.eos_id])
-        length = self.max_length if pad_to_max_length else max((len(r) for r in rows), default=2)
-        input_ids = torch.full((len(rows), length), self.eos_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            attention_mask[i, : len(row)] = 1
-        return input_ids, attention_mask
 
 
 @lru_cache(maxsize=2)

@@ -17,14 +17,13 @@ Differences from the CLIP tower that GLEE was designed around:
 
 from __future__ import annotations
 
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from glee.config import TextConfig
+from glee.tokenizer import SpecialTokenTokenizer
 
 
 def minilm_folder(cfg: TextConfig | None = None) -> Path:
@@ -114,8 +113,8 @@ class MiniLMTextModel(nn.Module):
         return out.last_hidden_state
 
 
-class MiniLMTokenizer:
-    """WordPiece tokenizer with the ``ClipTokenizer`` call signature: ``tok(texts, pad_to_max_length)``."""
+class MiniLMTokenizer(SpecialTokenTokenizer):
+    """WordPiece tokenizer with the ``ClipTokenizer`` call signature: ``[CLS] ... [SEP]`` then PAD (0)."""
 
     def __init__(self, folder: str | Path, max_length: int = 77) -> None:
         from transformers import BertTokenizerFast
@@ -134,31 +133,6 @@ class MiniLMTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of one string without special tokens and without truncation."""
         return self._tok(text, add_special_tokens=False)["input_ids"]
-
-    def __call__(self, texts: list[str], pad_to_max_length: bool = True) -> tuple[Tensor, Tensor]:
-        """Strings -> (input_ids [N, L], attention_mask [N, L]), ``[CLS] ... [SEP]`` then PAD (0).
-
-        ``L`` is ``max_length`` when padding to max length, else the longest row.  Longer texts are truncated
-        to ``max_length - 2`` word pieces with a warning.
-        """
-        if isinstance(texts, str):
-            raise TypeError("pass a list of strings, not a single string")
-        rows = []
-        for text in texts:
-            ids = self.encode(text)
-            if len(ids) > self.max_length - 2:
-                warnings.warn(
-                    f"text of {len(ids)} tokens truncated to {self.max_length - 2}: {text[:60]!r}", stacklevel=2
-                )
-                ids = ids[: self.max_length - 2]
-            rows.append([self.bos_id, *ids, self.eos_id])
-        length = self.max_length if pad_to_max_length else max((len(r) for r in rows), default=2)
-        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            attention_mask[i, : len(row)] = 1
-        return input_ids, attention_mask
 
 
 @lru_cache(maxsize=4)
