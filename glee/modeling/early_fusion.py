@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glee.modeling.threads import run_chunks
+
 
 class BiMultiHeadAttention(nn.Module):
     """Attention from visual to prompt tokens and back; keys ``v_proj``, ``l_proj``, ``values_*``, ``out_*``."""
@@ -56,13 +58,19 @@ class BiMultiHeadAttention(nn.Module):
         wo = self.out_v_proj.weight.view(-1, h, hd)  # [v_dim, h, hd]
         bmat = torch.einsum("blhd,ohd->bhlo", val, wo).reshape(b, h * nl, -1)  # [B, h * Nl, v_dim]
         bias = self.out_v_proj.bias
-        out = []
         chunk = self.chunk if v.device.type == "cpu" else nv  # GPUs prefer one large launch
-        for i in range(0, nv, chunk):
-            logits = torch.baddbmm(c.to(v.dtype), v[:, i : i + chunk], a.to(v.dtype))  # [B, q, h * Nl]
+        if torch.is_autocast_enabled(v.device.type):  # cast the folded matrices once, not per chunk
+            low = torch.get_autocast_dtype(v.device.type)
+            a, c, bmat, bias = a.to(low), c.to(low), bmat.to(low), bias.to(low)
+        out = torch.empty((b, nv, bmat.shape[-1]), dtype=bmat.dtype, device=v.device)
+
+        def fuse(i: int, j: int) -> None:
+            logits = torch.baddbmm(c, v[:, i:j].to(a.dtype), a)  # [B, q, h * Nl]
             probs = logits.clamp_(min=-50000, max=50000).view(b, -1, h, nl).softmax(-1).view(b, -1, h * nl)
-            out.append(torch.baddbmm(bias.to(probs.dtype), probs, bmat.to(probs.dtype)))
-        return torch.cat(out, 1)
+            out[:, i:j] = torch.baddbmm(bias, probs, bmat)
+
+        run_chunks(fuse, nv, chunk, v.device)
+        return out
 
     def _heads(self, x: Tensor) -> Tensor:
         """[B, L, E] -> [B * heads, L, head_dim]."""

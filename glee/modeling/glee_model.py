@@ -135,6 +135,21 @@ class GleeModel(nn.Module):
         self.inference_mode = mode
         return self
 
+    def compile_fast(self, enable: bool = True) -> GleeModel:
+        """Run the fast path's per-chunk encoder FFN block through ``torch.compile`` (opt-in).
+
+        One dynamic-shape graph serves all encoder layers.  It fuses the residual adds, LayerNorms and bias +
+        ReLU around the GEMMs, but compiling costs tens of seconds on a small CPU, so it pays only in long
+        runs (video, evaluation), not for one image.  Any compile or run failure falls back to eager with a
+        warning.  Returns ``self``.
+        """
+        from glee.modeling.pixel_decoder import DeformableEncoderLayer
+
+        for module in self.modules():
+            if isinstance(module, DeformableEncoderLayer):
+                module.use_compiled = enable
+        return self
+
     @contextlib.contextmanager
     def using_inference_mode(self, mode: str) -> Iterator[GleeModel]:
         """``with model.using_inference_mode("reference"): ...`` -- the previous mode is restored on exit."""
@@ -388,7 +403,15 @@ class GleeModel(nn.Module):
             )
             extra["prompt_points"] = sampled
             extra["prompt_padding"] = prompt.prompt_padding
-        out = self.predictor(pix.multi_scale_features, pix.mask_features, prompt, denoising, all_layer_masks)
+        mask_features = pix.mask_features
+        decoder_context = contextlib.nullcontext()
+        if self._fast() and torch.is_autocast_enabled(padded.device.type):
+            # bf16 mode: the object decoder (300 queries, small GEMMs) stays float32 -- cheap, and it keeps the
+            # two-stage top-k and the heads precise
+            decoder_context = torch.autocast(padded.device.type, enabled=False)
+            mask_features = mask_features.float()
+        with decoder_context:
+            out = self.predictor(pix.multi_scale_features, mask_features, prompt, denoising, all_layer_masks)
         if out.dn_outputs is not None:
             extra["dn_outputs"] = out.dn_outputs
         return GleeOutput(

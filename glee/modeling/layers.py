@@ -67,7 +67,10 @@ class ConvNorm(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if (self.fast_inference and not self.training and isinstance(self.norm, FrozenBatchNorm2d)
                 and not (torch.is_grad_enabled() and self.weight.requires_grad)):
-            weight, bias = self._folded()
+            dtype = self.weight.dtype
+            if torch.is_autocast_enabled(x.device.type):  # keep a low-precision copy instead of casting per call
+                dtype = torch.get_autocast_dtype(x.device.type)
+            weight, bias = self._folded(dtype)
             x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
             return F.relu_(x) if self.relu else x
         x = super().forward(x)
@@ -75,7 +78,7 @@ class ConvNorm(nn.Conv2d):
             x = self.norm(x)
         return F.relu(x) if self.relu else x
 
-    def _folded(self) -> tuple[Tensor, Tensor]:
+    def _folded(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Conv weight and bias with the frozen BatchNorm folded in (cached until a tensor changes).
 
         ``norm(conv(x)) = conv(x) * s + t`` with per-channel ``s, t``, so it equals a convolution with weight
@@ -87,15 +90,16 @@ class ConvNorm(nn.Conv2d):
         if self.bias is not None:
             tensors.append(self.bias)
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
-        cached = self.__dict__.get("_folded_cache")
+        caches = self.__dict__.setdefault("_folded_cache", {})  # dtype -> (key, weight, bias)
+        cached = caches.get(dtype)
         if cached is None or cached[0] != key:
             with torch.no_grad():
                 scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
                 shift = norm.bias - norm.running_mean * scale
                 weight = (self.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
                 bias = shift if self.bias is None else self.bias * scale + shift
-            cached = (key, weight.to(self.weight.dtype), bias.to(self.weight.dtype))
-            self.__dict__["_folded_cache"] = cached
+            cached = (key, weight.to(dtype), bias.to(dtype))
+            caches[dtype] = cached
         return cached[1], cached[2]
 
 

@@ -3,8 +3,9 @@
 Three kernels with the reference's contract ``(value, spatial_shapes, sampling_locations, attention_weights)``:
 
 * ``ms_deform_attn_cpu`` -- a small C kernel (compiled with the system C compiler on first use, about 1 s,
-  cached under ``~/.cache/glee/kernels``; ``python -m glee.modeling.ms_deform_attn_fast`` builds it ahead of
-  time).  One pass per (image, query, head): bilinear corners, zero padding and the attention-weighted sum,
+  cached under ``~/.cache/glee/kernels`` or ``$GLEE_CACHE_DIR/kernels``; to build it at install time run
+  ``python -c "from glee.modeling.ms_deform_attn_fast import build_cpu_kernel; build_cpu_kernel()"``).
+  One pass per (image, query, head): bilinear corners, zero padding and the attention-weighted sum,
   float32 accumulation, float32 or bfloat16 values.  Forward only.
 * ``ms_deform_attn_gather`` -- pure PyTorch ops, any device, differentiable: bilinear sampling as one fused
   gather + weighted sum.  Every sampling point contributes four corner rows of a per-head value table,
@@ -28,7 +29,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -193,7 +193,7 @@ static inline void NAME##_point(const VT* __restrict__ vbase, int64_t H, int64_t
 void NAME(const VT* value, const float* loc, const float* attn, VT* out, const int64_t* shapes,              \
           const int64_t* starts, int64_t N, int64_t S, int64_t M, int64_t D, int64_t Q, int64_t L, int64_t P,  \
           int nthreads) {                                                                                    \
-  _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                                         \
+  _Pragma("omp parallel for num_threads(nthreads) schedule(guided)")                                         \
   for (int64_t nq = 0; nq < N * Q; ++nq) {                                                                   \
     float acc[256];                                                                                          \
     const int64_t n = nq / Q;                                                                                \
@@ -224,7 +224,7 @@ DEFINE_KERNEL(glee_msda_bf16, uint16_t, bf16_to_f32, f32_to_bf16)
 void NAME(const VT* value, const float* ref, int64_t ref_bstride, const float* proj, int64_t proj_stride,      \
           VT* out, const int64_t* shapes, const int64_t* starts, int64_t N, int64_t S, int64_t M, int64_t D,     \
           int64_t Q, int64_t L, int64_t P, int nthreads) {                                                     \
-  _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                                         \
+  _Pragma("omp parallel for num_threads(nthreads) schedule(guided)")                                         \
   for (int64_t nq = 0; nq < N * Q; ++nq) {                                                                   \
     float acc[256], w[64];                                                                                   \
     const int64_t n = nq / Q, q = nq % Q, LP = L * P;                                                        \
@@ -455,7 +455,7 @@ if _HAS_TRITON:  # pragma: no cover
         pid = tl.program_id(0)
         m = pid % M
         nq = pid // M
-        n = nq // Lq
+        n = (nq // Lq).to(tl.int64)
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -561,6 +561,3 @@ KERNELS: dict[str, DeformKernel] = {
     "auto": ms_deform_attn_auto,
 }
 
-
-if __name__ == "__main__":  # install-time build: python -m glee.modeling.ms_deform_attn_fast
-    print(build_cpu_kernel(force="--force" in sys.argv, verbose=True))

@@ -12,6 +12,7 @@ Module tree (state-dict keys under ``pixel_decoder.``)::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,38 @@ from glee.modeling.early_fusion import VLFuse
 from glee.modeling.layers import ConvNorm
 from glee.modeling.ms_deform_attn import MultiScaleDeformableAttention
 from glee.modeling.position_encoding import sine_position_embedding_2d
+from glee.modeling.threads import run_chunks
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a linear layer returns for ``x`` here: the autocast dtype when autocast is on."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def post_attention_block(
+    x: Tensor, attn: Tensor, n1w: Tensor, n1b: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, n2w: Tensor,
+    n2b: Tensor, eps1: float, eps2: float,
+) -> Tensor:
+    """The encoder layer after its attention: ``y = LN1(x + attn)``, ``LN2(y + W2 relu(W1 y + b1) + b2)``.
+
+    Weights are arguments so that one ``torch.compile`` graph serves every layer.
+    """
+    y = F.layer_norm(x + attn, (x.shape[-1],), n1w, n1b, eps1)
+    return F.layer_norm(y + F.linear(F.relu(F.linear(y, w1, b1)), w2, b2), (x.shape[-1],), n2w, n2b, eps2)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_post_attention() -> object | None:
+    """``post_attention_block`` through ``torch.compile`` (dynamic shapes), built once; None after a failure."""
+    if _COMPILED.get("failed"):
+        return None
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(post_attention_block, dynamic=True)
+    return _COMPILED["fn"]
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -38,6 +71,7 @@ class DeformableEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     fast_inference = False  # set by GleeModel.set_inference_mode; used only in eval mode
+    use_compiled = False  # set by GleeModel.compile_fast: run the FFN block through torch.compile
     chunk = 2048  # tokens per fused chunk in the fast path
 
     def forward(
@@ -57,16 +91,42 @@ class DeformableEncoderLayer(nn.Module):
         Every op after the value projection is row-wise in the tokens, so chunks give the same result while
         the FFN's [chunk, 2048] hidden state and the sampling temporaries stay in cache.
         """
-        value = self.self_attn.project_value(src)
-        chunk = self.chunk if src.device.type == "cpu" else src.shape[1]  # GPUs prefer one large launch
+        n, s, c = src.shape
+        attn = self.self_attn
+        chunk = self.chunk if src.device.type == "cpu" else s  # GPUs prefer one large launch
+        # every chunk samples from every position, so all values are projected first (in chunks as well)
+        value = torch.empty((n, s, c), dtype=_autocast_dtype(src), device=src.device)
+
+        def project(i: int, j: int) -> None:
+            value[:, i:j] = attn.value_proj(src[:, i:j])
+
         out = torch.empty_like(src)
-        for i in range(0, src.shape[1], chunk):
-            x = src[:, i : i + chunk]
-            attn = self.self_attn.attend(x + pos[:, i : i + chunk], reference_points[:, i : i + chunk], value,
-                                         spatial_shapes)
-            x = self.norm1(x + attn)
-            out[:, i : i + chunk] = self.norm2(x + self.linear2(F.relu(self.linear1(x))))
+
+        def layer_chunk(i: int, j: int) -> None:
+            x = src[:, i:j]
+            sampled = attn.attend(x + pos[:, i:j], reference_points[:, i:j], value.view(n, s, attn.n_heads, -1),
+                                  spatial_shapes)
+            out[:, i:j] = self._post_attention(x, sampled)
+
+        run_chunks(project, s, chunk, src.device)
+        run_chunks(layer_chunk, s, chunk, src.device)
         return out
+
+    def _post_attention(self, x: Tensor, attn: Tensor) -> Tensor:
+        """``norm2(y + FFN(y))`` with ``y = norm1(x + attn)``: eager, or the shared compiled block if enabled."""
+        args = (x, attn, self.norm1.weight, self.norm1.bias, self.linear1.weight, self.linear1.bias,
+                self.linear2.weight, self.linear2.bias, self.norm2.weight, self.norm2.bias, self.norm1.eps,
+                self.norm2.eps)
+        if self.use_compiled:
+            compiled = _compiled_post_attention()
+            if compiled is not None:
+                try:
+                    return compiled(*args)
+                except Exception as err:  # noqa: BLE001 - any compiler/runtime failure: eager from now on
+                    warnings.warn(f"torch.compile of the encoder block failed ({type(err).__name__}: {err}); "
+                                  "running eagerly", stacklevel=2)
+                    _COMPILED["failed"] = True
+        return post_attention_block(*args)
 
 
 class DeformableEncoder(nn.Module):
@@ -176,10 +236,15 @@ class PixelDecoder(nn.Module):
 
     def encoder_inputs(self, features: dict[str, Tensor]) -> list[Tensor]:
         """Projected encoder levels, strides high to low resolution (8, 16, 32, 64)."""
+        fast = self.fast_inference and not self.training
+
+        def inp(t: Tensor) -> Tensor:  # the official float() cast; the fast path leaves dtypes to autocast
+            return t if fast else t.float()
+
         if self.is_vit:
-            return [features[f].float() for f in self.encoder_features]
-        srcs = [proj(features[f].float()) for proj, f in zip(self.input_proj, self.encoder_features)]
-        x = features[self.encoder_features[-1]].float()
+            return [inp(features[f]) for f in self.encoder_features]
+        srcs = [proj(inp(features[f])) for proj, f in zip(self.input_proj, self.encoder_features)]
+        x = inp(features[self.encoder_features[-1]])
         for proj in self.input_proj[len(self.encoder_features):]:
             x = proj(x)
             srcs.append(x)
@@ -194,7 +259,7 @@ class PixelDecoder(nn.Module):
         srcs = self.encoder_inputs(features)
         batch = srcs[0].shape[0]
         shapes = [(s.shape[2], s.shape[3]) for s in srcs]
-        src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
+        src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1).float()  # float32 residual stream
         pos, ref = self._positions(shapes, batch, src.device)
         encoder = self.transformer.encoder
         if prompt_tokens is not None and len(encoder.vl_layers):
@@ -205,7 +270,8 @@ class PixelDecoder(nn.Module):
         maps = [
             z.transpose(1, 2).reshape(batch, -1, h, w) for z, (h, w) in zip(src.split(sizes, dim=1), shapes)
         ]
-        lateral = self.adapter_1(features[self.fpn_feature].float())
+        fpn_in = features[self.fpn_feature]
+        lateral = self.adapter_1(fpn_in if self.fast_inference and not self.training else fpn_in.float())
         y = lateral + F.interpolate(maps[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
         y = self.layer_1(y)
         return PixelDecoderOutput(mask_features=self.mask_features(y), multi_scale_features=maps)

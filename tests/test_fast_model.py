@@ -1,0 +1,249 @@
+"""The fast inference path gives the reference outputs: text trimming and caching, folded layers, modes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from glee.config import GleeConfig
+from glee.modeling.early_fusion import BiMultiHeadAttention
+from glee.modeling.glee_model import GleeModel, GleeOutput
+from glee.modeling.layers import ConvNorm, FrozenBatchNorm2d
+from glee.modeling.object_decoder import DecoderLayer, DecoderPrompt, trim_prompt_padding
+
+NAMES = ["person", "traffic light", "a very long and rather unusual category name", "cat"]
+EXPRESSIONS = ["the person on the left", "cat"]
+
+
+@pytest.fixture(scope="module")
+def model() -> GleeModel:
+    torch.manual_seed(0)
+    m = GleeModel(GleeConfig.preset("tiny")).eval()
+    with torch.no_grad():  # spread the deformable sampling points so that some fall off the maps
+        for module in m.modules():
+            if hasattr(module, "sampling_offsets"):
+                module.sampling_offsets.weight.normal_(std=0.3)
+    return m
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(1))  # padded inside to 96x96
+
+
+def assert_outputs_close(ours: GleeOutput, ref: GleeOutput, atol: float = 1e-4, rtol: float = 1e-4) -> None:
+    """The parity tolerance |ours - ref| <= 1e-4 + 1e-4 |ref| on every prediction."""
+    for name in ("pred_logits", "pred_scores", "pred_boxes", "pred_masks", "query_embeddings", "pixel_embeddings"):
+        torch.testing.assert_close(getattr(ours, name), getattr(ref, name), atol=atol, rtol=rtol, msg=name)
+    for a, b in zip(ours.aux_outputs, ref.aux_outputs):
+        for k in ("pred_logits", "pred_scores", "pred_boxes"):
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol)
+    for k, v in ref.interm_outputs.items():
+        torch.testing.assert_close(ours.interm_outputs[k], v, atol=atol, rtol=rtol)
+
+
+def run(model: GleeModel, mode: str, *args, **kwargs) -> GleeOutput:
+    with torch.no_grad(), model.using_inference_mode(mode):
+        model.clear_text_cache()
+        return model(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ text
+def test_trimmed_category_encoding_equals_full_padding(model):
+    with torch.no_grad():
+        with model.using_inference_mode("reference"):
+            ref = model.encode_categories(NAMES)
+        model.clear_text_cache()
+        fast = model.encode_categories(NAMES)
+    assert ref.input_ids.shape == (4, 77)  # the official PAD_MAX tokenisation is still what is returned
+    assert torch.equal(fast.input_ids, ref.input_ids) and torch.equal(fast.attention_mask, ref.attention_mask)
+    torch.testing.assert_close(fast.class_embeddings, ref.class_embeddings, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.fusion_tokens, ref.fusion_tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_expression_encoding_keeps_every_padded_position_exactly(model):
+    with torch.no_grad():
+        with model.using_inference_mode("reference"):
+            ref = model.encode_expressions(EXPRESSIONS)
+        model.clear_text_cache()
+        fast = model.encode_expressions(EXPRESSIONS)
+    # early fusion reads all 77 positions, padding included: they must be the reference's values
+    assert fast.tokens.shape == ref.tokens.shape == (2, 77, model.cfg.dim_proj)
+    torch.testing.assert_close(fast.tokens, ref.tokens, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.grounding_class, ref.grounding_class, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast.attention_mask.cpu(), ref.attention_mask.cpu())
+
+
+def test_text_cache_hits_misses_and_invalidation():
+    torch.manual_seed(0)
+    model = GleeModel(GleeConfig.preset("tiny")).eval()
+    calls = []
+    model.text_encoder.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
+    longest = model.tokenizer(NAMES, pad_to_max_length=False)[0].shape[1]
+    assert 3 < longest < 77
+    with torch.no_grad():
+        first = model.encode_categories(NAMES)
+        assert calls == [(4, longest)]  # one call, trimmed to the longest name (BOS ... EOS)
+        again = model.encode_categories(list(reversed(NAMES)) + ["dog"])
+        assert calls[1:] == [(1, 3)]  # only the new name is encoded
+        torch.testing.assert_close(again.class_embeddings[:4], first.class_embeddings.flip(0), atol=0, rtol=0)
+        model.encode_expressions(EXPRESSIONS)
+        model.encode_expressions(EXPRESSIONS[:1])
+        assert calls[2:] == [(2, 77)]
+        model.text_encoder.text_model.final_layer_norm.bias.add_(0.5)  # in-place change: entries are stale
+        changed = model.encode_categories(NAMES)
+        assert len(calls) == 4
+        assert not torch.allclose(changed.class_embeddings, first.class_embeddings)
+    model.encode_categories(NAMES)  # gradients enabled: the cache is bypassed
+    assert len(calls) == 5
+    model.text_cache_size = 2
+    with torch.no_grad():
+        model.encode_categories(["dog", "bird", "horse"])
+    assert [key[1] for key in model._text_cache] == ["bird", "horse"]  # least recently used go first
+
+
+# ------------------------------------------------------------------------------------------------ forward
+@pytest.mark.parametrize("prompt", ["categories", "expressions"])
+def test_fast_forward_equals_reference(model, images, prompt):
+    kwargs = {"categories": NAMES} if prompt == "categories" else {"expressions": EXPRESSIONS}
+    ref = run(model, "reference", images, **kwargs)
+    fast = run(model, "fast", images, **kwargs)
+    assert_outputs_close(fast, ref)
+    with torch.no_grad():  # a cached second call gives the same result
+        again = model(images, **kwargs)
+    assert_outputs_close(again, fast, atol=1e-6, rtol=0)
+
+
+def test_fast_forward_equals_reference_with_visual_prompt(model, images):
+    masks = torch.zeros(2, 70, 90, dtype=torch.bool)
+    masks[0, 10:30, 20:50] = True
+    masks[1, 40:60, 5:25] = True
+    kwargs = {"categories": ["object"], "visual_prompt_masks": masks, "visual_prompt_type": "box"}
+    torch.manual_seed(0)
+    ref = run(model, "reference", images, **kwargs)
+    torch.manual_seed(0)
+    fast = run(model, "fast", images, **kwargs)
+    assert_outputs_close(fast, ref)
+
+
+def test_bf16_mode_runs_close_to_float32(model, images):
+    fp32 = run(model, "fast", images, categories=NAMES)
+    bf16 = run(model, "fast_bf16", images, categories=NAMES)
+    for name in ("pred_logits", "pred_scores", "pred_boxes", "pred_masks", "query_embeddings"):
+        out = getattr(bf16, name)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all(), name
+    # the per-pixel embedding involves no top-k choice, so it can be compared directly (random weights make the
+    # query selection itself fragile): bf16 rounding only, a few percent of its scale
+    scale = fp32.pixel_embeddings.abs().max()
+    assert (bf16.pixel_embeddings - fp32.pixel_embeddings).abs().max() < 0.05 * scale
+    assert not torch.equal(bf16.pixel_embeddings, fp32.pixel_embeddings)  # it did run in bf16
+    assert model.inference_mode == "fast"
+
+
+def test_mode_switch_keeps_state_dict_and_training_computes_reference(images):
+    torch.manual_seed(0)
+    model = GleeModel(GleeConfig.preset("tiny"))
+    assert model.inference_mode == "fast"
+    keys = list(model.state_dict())
+    for mode in ("reference", "fast_bf16", "fast"):
+        model.set_inference_mode(mode)
+        assert list(model.state_dict()) == keys
+    with pytest.raises(ValueError, match="inference mode must be one of"):
+        model.set_inference_mode("turbo")
+    with model.using_inference_mode("reference"):
+        assert model.inference_mode == "reference"
+    assert model.inference_mode == "fast"
+    # train mode ignores the fast flags: the same random draws give the same outputs in both modes
+    model.train()
+    outs = []
+    for mode in ("reference", "fast"):
+        model.set_inference_mode(mode)
+        torch.manual_seed(3)
+        outs.append(model(images[:1], categories=NAMES[:2]))
+    assert_outputs_close(outs[1], outs[0], atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+def test_folded_early_fusion_equals_reference_including_the_clamp():
+    torch.manual_seed(0)
+    attn = BiMultiHeadAttention(v_dim=16, l_dim=16, embed_dim=64, num_heads=4).eval()
+    attn.chunk = 5  # several chunks
+    v, lang = torch.randn(2, 23, 16), torch.randn(2, 9, 16)
+    for scale in (1.0, 3000.0):  # 3000: logits beyond +-50000, so the clamp matters
+        lang_s = lang * scale
+        with torch.no_grad():
+            ref, _ = attn(v * scale, lang_s)
+            attn.fast_inference = True
+            ours, _ = attn(v * scale, lang_s)
+            attn.fast_inference = False
+        torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_folded_frozen_batchnorm_conv_equals_conv_then_norm():
+    torch.manual_seed(0)
+    conv = ConvNorm(6, 8, 3, padding=1, stride=2, norm=FrozenBatchNorm2d(8), relu=True).eval()
+    for name in ("weight", "bias", "running_mean"):
+        getattr(conv.norm, name).normal_()
+    conv.norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 6, 11, 13).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = conv(x)
+        conv.fast_inference = True
+        torch.testing.assert_close(conv(x), ref, atol=1e-5, rtol=1e-5)
+        conv.norm.running_mean.add_(1.0)  # in-place buffer change: the cached fold is recomputed
+        fast = conv(x)
+        conv.fast_inference = False
+        torch.testing.assert_close(fast, conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_dropping_prompt_padding_leaves_decoder_outputs_unchanged():
+    torch.manual_seed(0)
+    layer = DecoderLayer(32, 64, n_levels=2, n_heads=4, n_points=2).eval()
+    nq, n_prompt, batch = 5, 12, 2
+    shapes = [(4, 4), (2, 2)]
+    tgt, pos = torch.randn(nq, batch, 32), torch.randn(nq, batch, 32)
+    boxes = torch.rand(nq, batch, 2, 4)
+    memory = torch.randn(20, batch, 32)
+    tokens = torch.randn(n_prompt, batch, 32)
+    padding = torch.zeros(batch, n_prompt, dtype=torch.bool)
+    padding[0, 4:] = True  # image 0: 4 valid tokens; image 1: 7 -> columns 7.. are padding in both
+    padding[1, 7:] = True
+    prompt = trim_prompt_padding(DecoderPrompt(prompt_tokens=[tokens], prompt_padding=[padding]))
+    assert prompt.prompt_tokens[0].shape[0] == 7 and prompt.prompt_padding[0].shape == (2, 7)
+    with torch.no_grad():
+        ref = layer(tgt, pos, boxes, memory, shapes, None, tokens, padding)
+        ours = layer(tgt, pos, boxes, memory, shapes, None, prompt.prompt_tokens[0], prompt.prompt_padding[0])
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_encoder_block_falls_back_to_eager_on_failure(model, images, monkeypatch):
+    from glee.modeling import pixel_decoder
+
+    def broken(*args):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setitem(pixel_decoder._COMPILED, "fn", broken)
+    monkeypatch.delitem(pixel_decoder._COMPILED, "failed", raising=False)
+    ref = run(model, "fast", images, categories=NAMES)
+    model.compile_fast()
+    try:
+        with pytest.warns(UserWarning, match="running eagerly"):
+            out = run(model, "fast", images, categories=NAMES)
+        assert pixel_decoder._COMPILED.get("failed")
+    finally:
+        model.compile_fast(False)
+        pixel_decoder._COMPILED.pop("failed", None)
+    assert_outputs_close(out, ref, atol=0, rtol=0)
+
+
+def test_parity_fixture_in_reference_mode(fixture_dir):
+    """``test_parity_official`` runs the default (fast) mode; the reference mode must pass as well."""
+    from glee.parity import check_fixture, load_fixture_model
+
+    model = load_fixture_model(fixture_dir).set_inference_mode("reference")
+    results = [c for c in check_fixture(fixture_dir, model) if not c.note.startswith("skipped")]
+    failed = [f"{c.task}/{c.image}/{c.name}: {c.max_abs:.3g}" for c in results if not c.passed]
+    assert len(results) >= 200 and not failed, "\n".join(failed)
+    assert copy.copy(model.inference_mode) == "reference"
