@@ -18,7 +18,9 @@ multiply rate, and whether the fast outputs equal the reference outputs within t
 deviation from the float32 fast path.
 
 Timing: CPU wall clock (``time.perf_counter``) around each call; on CUDA, CUDA events.  Stage times come from
-forward hooks and method wrappers (on CPU the work is synchronous, so the time between hooks is the stage's).
+forward hooks and method wrappers (on CPU the work is synchronous, so the time between hooks is the stage's);
+where the fast path runs a stage's chunks on several worker threads, the stage's time is the wall time during
+which any worker was in it.
 Memory on CPU: peak resident set size during the call (``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``) minus the resident size before it, with glibc's mmap threshold fixed at 64 KiB so
 that freed tensors leave the process at once; the process peak is reported too.  On CUDA:
@@ -201,10 +203,22 @@ class StageTimer:
             self.active = False
             if self.cuda:
                 torch.cuda.synchronize()
-            totals: dict[str, float] = defaultdict(float)
+            # union of each stage's intervals: the fast path runs chunks of a stage on several worker threads
+            # at once, and overlapping calls must count once (wall time), not once per worker
+            spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+            origin = self.marks[0][1] if self.marks else None
             for name, start, end in self.marks:
-                totals[name] += start.elapsed_time(end) / 1000 if self.cuda else end - start
-            result.update(totals)
+                if self.cuda:
+                    spans[name].append((origin.elapsed_time(start) / 1000, origin.elapsed_time(end) / 1000))
+                else:
+                    spans[name].append((start, end))
+            for name, intervals in spans.items():
+                total, reach = 0.0, -math.inf
+                for start, end in sorted(intervals):
+                    if end > reach:
+                        total += end - max(start, reach)
+                        reach = end
+                result[name] = total
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -10,8 +10,9 @@ import torch
 from glee.config import GleeConfig
 from glee.modeling.early_fusion import BiMultiHeadAttention
 from glee.modeling.glee_model import GleeModel, GleeOutput
-from glee.modeling.layers import ConvNorm, FrozenBatchNorm2d
+from glee.modeling.layers import ConvNorm, FrozenBatchNorm2d, fused_linear
 from glee.modeling.object_decoder import DecoderLayer, DecoderPrompt, trim_prompt_padding
+from glee.modeling.threads import single_threaded
 
 NAMES = ["person", "traffic light", "a very long and rather unusual category name", "cat"]
 EXPRESSIONS = ["the person on the left", "cat"]
@@ -247,3 +248,27 @@ def test_parity_fixture_in_reference_mode(fixture_dir):
     failed = [f"{c.task}/{c.image}/{c.name}: {c.max_abs:.3g}" for c in results if not c.passed]
     assert len(results) >= 200 and not failed, "\n".join(failed)
     assert copy.copy(model.inference_mode) == "reference"
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_linear_equals_linear_and_keeps_autograd(relu):
+    gen = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randn(*shape, generator=gen) for shape in ((3, 70, 256), (96, 256), (96,)))
+    expected = torch.nn.functional.linear(x, w, b)
+    expected = expected.relu() if relu else expected
+    with torch.no_grad():
+        torch.testing.assert_close(fused_linear(x, w, b, relu=relu), expected, atol=1e-4, rtol=1e-5)
+    w.requires_grad_(True)  # training: must stay differentiable (plain F.linear path)
+    out = fused_linear(x, w, b, relu=relu)
+    out.sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_single_threaded_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with single_threaded(True):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), single_threaded(True):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

@@ -41,11 +41,12 @@ def build_module(cfg: TrainConfig) -> tuple[GleeTrainModule, str]:
     teacher = cfg.model.teacher if cfg.model.teacher is not None else glee_cfg.text.arch == "clip_teacher"
     torch.manual_seed(cfg.seed)
     model = GleeModel(glee_cfg, with_teacher=teacher)
-    info = init_model_weights(model, cfg.model.weights, cfg.model.weights_strict)
-    if cfg.model.scratch_init:
+    if cfg.model.scratch_init:  # before the weights, so that loaded tensors are never re-initialised
         torch.nn.init.normal_(model.lang_projection, std=0.02)
         torch.nn.init.normal_(model.predictor.category_embed, std=0.02)
-        info += "; scratch init of lang_projection and category_embed (N(0, 0.02^2))"
+    info = init_model_weights(model, cfg.model.weights, cfg.model.weights_strict)
+    if cfg.model.scratch_init:
+        info += "; scratch init of lang_projection and category_embed (N(0, 0.02^2)) unless loaded"
     if teacher and not cfg.model.weights:
         model.text_encoder_teacher.load_state_dict(model.text_encoder.state_dict())  # teacher = initial student
     module = GleeTrainModule(model, cfg.loss, cfg.dn)

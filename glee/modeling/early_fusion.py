@@ -36,7 +36,7 @@ class BiMultiHeadAttention(nn.Module):
             nn.init.zeros_(layer.bias)
 
     fast_inference = False  # set by GleeModel.set_inference_mode; used only in eval mode, vision side only
-    chunk = 2048  # visual tokens per chunk in the folded path
+    chunk = 1024  # visual tokens per chunk in the folded path
 
     def _vision_delta_folded(self, v: Tensor, lang: Tensor) -> Tensor:
         """``delta_v`` of ``forward`` with the 2048-wide projections folded into the few prompt tokens.

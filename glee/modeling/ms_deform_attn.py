@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glee.modeling.layers import fused_linear
+
 DeformKernel = Callable[[Tensor, list[tuple[int, int]], Tensor, Tensor], Tensor]
 
 
@@ -107,7 +109,7 @@ class MultiScaleDeformableAttention(nn.Module):
         if fast and hasattr(self.fast_kernel, "attend"):  # fused projection + softmax + sampling, if applicable
             sampled = self.fast_kernel.attend(self, query, reference_points, value, spatial_shapes)
             if sampled is not None:
-                return self.output_proj(sampled)
+                return fused_linear(sampled, self.output_proj.weight, self.output_proj.bias)
         n, lq, _ = query.shape
         offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)

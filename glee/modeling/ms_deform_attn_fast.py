@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from glee.modeling.layers import fused_linear
 from glee.modeling.ms_deform_attn import DeformKernel, ms_deform_attn_core
 
 DEFAULT_CHUNK = 2048  # queries per gather chunk: 2048 * 8 heads * 64 corners * 8 B ~ 8 MB of indices/weights
@@ -413,7 +414,7 @@ def attend_fused_cpu(
         raise ValueError(f"inconsistent shapes: value {tuple(value.shape)}, references "
                          f"{tuple(reference_points.shape)}, spatial_shapes {spatial_shapes}")
     weight, bias = _fused_projection(module)
-    proj = F.linear(query, weight.to(query.dtype), bias.to(query.dtype)).float().contiguous()
+    proj = fused_linear(query, weight.to(query.dtype), bias.to(query.dtype)).float().contiguous()
     ref = reference_points.detach().float()
     if ref.shape[0] == 1 and n > 1:
         ref = ref.expand(n, -1, -1, -1)

@@ -26,6 +26,7 @@ from glee.config import GleeConfig
 from glee.modeling.layers import MLP, inverse_sigmoid
 from glee.modeling.ms_deform_attn import MultiScaleDeformableAttention
 from glee.modeling.position_encoding import box_sine_embedding
+from glee.modeling.threads import single_threaded
 
 # DN label-embedding tables: name -> rows (official, all kept for checkpoint compatibility)
 LABEL_ENCODERS = {
@@ -102,12 +103,14 @@ class DecoderLayer(nn.Module):
         self_attn_mask: Tensor | None,
         prompt_tokens: Tensor | None,
         prompt_padding: Tensor | None,
+        value: Tensor | None = None,
     ) -> Tensor:
         """
         Args:
             tgt, query_pos: [Nq, B, C].  reference_boxes: [Nq, B, levels, 4].  memory: [S, B, C].
             self_attn_mask: [Nq, Nq] (True = blocked) or None.
             prompt_tokens: [P, B, C] appended for self-attention only; prompt_padding [B, P].
+            value: ``cross_attn.project_value(memory)`` when the caller computed it already, else None.
         """
         nq = tgt.shape[0]
         if prompt_tokens is not None:
@@ -126,9 +129,11 @@ class DecoderLayer(nn.Module):
         else:
             qk = tgt + query_pos
             tgt = self.norm2(tgt + self.self_attn(qk, qk, tgt, attn_mask=self_attn_mask, need_weights=False)[0])
-        cross = self.cross_attn(
-            (tgt + query_pos).transpose(0, 1), reference_boxes.transpose(0, 1), memory.transpose(0, 1), spatial_shapes
-        ).transpose(0, 1)
+        query, boxes = (tgt + query_pos).transpose(0, 1), reference_boxes.transpose(0, 1)
+        if value is None:
+            cross = self.cross_attn(query, boxes, memory.transpose(0, 1), spatial_shapes).transpose(0, 1)
+        else:
+            cross = self.cross_attn.attend(query, boxes, value, spatial_shapes).transpose(0, 1)
         tgt = self.norm1(tgt + cross)
         return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
 
@@ -317,6 +322,7 @@ class ObjectDecoder(nn.Module):
         references = [reference]
         hidden_states = []
         n_levels = len(shapes)
+        small_ops_alone = fast and memory.device.type == "cpu"
         for layer_id, layer in enumerate(dec.layers):
             ref_input = reference[:, :, None].expand(-1, -1, n_levels, -1)
             query_pos = dec.ref_point_head(box_sine_embedding(reference, self.cfg.hidden_dim // 2))  # 4 * d/2 = 2d
@@ -325,23 +331,30 @@ class ObjectDecoder(nn.Module):
                 p_tokens, p_pad = prompt.prompt_tokens[level], prompt.prompt_padding[level]
             else:
                 p_tokens = p_pad = None
-            output = layer(output, query_pos, ref_input, memory_t, shapes, attn_mask, p_tokens, p_pad)
-            # refinement uses the raw (un-normalised) output; the reported boxes use the normalised one
-            new_reference = (self.bbox_embed(output) + inverse_sigmoid(reference)).sigmoid()
-            references.append(new_reference)
-            reference = new_reference.detach()
-            hidden_states.append(self.decoder_norm(output).transpose(0, 1))  # [B, Nq, C]
+            # fast CPU path: the value projection over all S memory tokens is the one large op of a layer;
+            # the rest (Nq queries) is many small ops, run single-threaded (no thread join per op)
+            value = layer.cross_attn.project_value(memory) if small_ops_alone else None
+            with single_threaded(small_ops_alone):
+                output = layer(output, query_pos, ref_input, memory_t, shapes, attn_mask, p_tokens, p_pad, value)
+                # refinement uses the raw (un-normalised) output; the reported boxes use the normalised one
+                new_reference = (self.bbox_embed(output) + inverse_sigmoid(reference)).sigmoid()
+                references.append(new_reference)
+                reference = new_reference.detach()
+                hidden_states.append(self.decoder_norm(output).transpose(0, 1))  # [B, Nq, C]
 
         boxes_list = [refpoints.sigmoid()]
         last = len(hidden_states) - 1
         for i, hs in enumerate(hidden_states):
             # heads see LN(LN(raw)): decoder.norm then decoder_norm again (official double LayerNorm)
-            s, lg, m = self.prediction_heads(hs, mask_features, prompt, all_layer_masks or i == last)
+            with_masks = all_layer_masks or i == last
+            with single_threaded(small_ops_alone and not with_masks):
+                s, lg, m = self.prediction_heads(hs, mask_features, prompt, with_masks)
             scores_list.append(s)
             logits_list.append(lg)
             masks_list.append(m)
             ref_in = references[i].transpose(0, 1)
-            boxes_list.append((self.bbox_embed(hs) + inverse_sigmoid(ref_in)).sigmoid())
+            with single_threaded(small_ops_alone):
+                boxes_list.append((self.bbox_embed(hs) + inverse_sigmoid(ref_in)).sigmoid())
 
         dn_outputs = None
         track_embed = hidden_states[-1]

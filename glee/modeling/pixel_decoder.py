@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from glee.config import GleeConfig
 from glee.modeling.early_fusion import VLFuse
-from glee.modeling.layers import ConvNorm
+from glee.modeling.layers import ConvNorm, fused_linear
 from glee.modeling.ms_deform_attn import MultiScaleDeformableAttention
 from glee.modeling.position_encoding import sine_position_embedding_2d
 from glee.modeling.threads import run_chunks
@@ -72,7 +72,7 @@ class DeformableEncoderLayer(nn.Module):
 
     fast_inference = False  # set by GleeModel.set_inference_mode; used only in eval mode
     use_compiled = False  # set by GleeModel.compile_fast: run the FFN block through torch.compile
-    chunk = 2048  # tokens per fused chunk in the fast path
+    chunk = 1024  # tokens per chunk in the fast path (18 chunks at 800 px: cache-sized, balanced over workers)
 
     def forward(
         self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
@@ -98,7 +98,7 @@ class DeformableEncoderLayer(nn.Module):
         value = torch.empty((n, s, c), dtype=_autocast_dtype(src), device=src.device)
 
         def project(i: int, j: int) -> None:
-            value[:, i:j] = attn.value_proj(src[:, i:j])
+            value[:, i:j] = fused_linear(src[:, i:j], attn.value_proj.weight, attn.value_proj.bias)
 
         out = torch.empty_like(src)
 
@@ -126,7 +126,9 @@ class DeformableEncoderLayer(nn.Module):
                     warnings.warn(f"torch.compile of the encoder block failed ({type(err).__name__}: {err}); "
                                   "running eagerly", stacklevel=2)
                     _COMPILED["failed"] = True
-        return post_attention_block(*args)
+        y = self.norm1(x + attn)
+        hidden = fused_linear(y, self.linear1.weight, self.linear1.bias, relu=True)
+        return self.norm2(y + fused_linear(hidden, self.linear2.weight, self.linear2.bias))
 
 
 class DeformableEncoder(nn.Module):

@@ -11,8 +11,9 @@ and CPU autocast are carried over to the workers.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -81,5 +82,20 @@ def run_chunks(fn: Callable[[int, int], None], total: int, chunk: int, device: t
         futures = [_pool(workers).submit(work) for _ in range(workers)]
         for future in futures:
             future.result()  # re-raises a worker's exception
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def single_threaded(enabled: bool = True) -> Iterator[None]:
+    """Run torch single-threaded inside the block (for stretches of many small ops, where joining threads
+    after every op costs more than the op); the thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    if not enabled or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
