@@ -2,10 +2,12 @@
 VOS J&F and ReasonSeg gIoU/cIoU.
 
 ``evaluate_predictions(metric, gt, pred)`` scores predictions (paths or in-memory objects);
-``python -m eval.cli --metric ... --gt ... --pred ...`` does the same from the shell.
+``glee eval --metric ... --gt ... --pred ...`` does the same from the shell, and
+``glee eval --task coco|lvis|refcoco|ytvis --weights ... --gt ... --images ...`` runs a GLEE model over a
+dataset first (``eval.runner``).
 
-This package does not import ``glee`` (or ``train``, ``llm_bridge``, ``scripts``); it only reads
-files and Python objects, so it can score any model's output.
+The metric modules do not import ``glee`` (only ``eval.runner`` does; nothing here imports ``train``,
+``llm_bridge`` or ``scripts``): they read files and Python objects, so they score any model's output.
 """
 
 from typing import Any

@@ -1,9 +1,11 @@
-"""Score an existing predictions file against ground truth.
+"""``glee eval``: score an existing predictions file, or run a GLEE model over a dataset and score it.
 
     python -m eval.cli --metric coco-bbox --gt instances_val2017.json --pred results.json --out m.json
+    glee eval --task coco --weights glee/assets/nano --gt instances_val.json --images val/images --out runs/coco
 
-``evaluate_predictions(metric, gt, pred, **options)`` is the programmatic entry point: ``gt`` and
-``pred`` are paths or already-loaded objects in the formats each metric module documents.
+``evaluate_predictions(metric, gt, pred, **options)`` is the programmatic entry point for scoring: ``gt`` and
+``pred`` are paths or already-loaded objects in the formats each metric module documents.  Running a model
+(``--task``) lives in :mod:`eval.runner`, imported only in that mode (scoring never imports torch or glee).
 """
 
 from __future__ import annotations
@@ -88,18 +90,55 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+TASKS = ("coco", "lvis", "refcoco", "ytvis")  # eval.runner.TASKS; repeated so that --help needs no torch
+
+
+def _threshold(text: str) -> float | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a number or 'none', got {text!r}") from exc
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.cli", description=__doc__.split("\n\n")[0])
-    p.add_argument("--metric", required=True, choices=METRICS)
-    p.add_argument("--gt", required=True, help="ground-truth file or directory")
-    p.add_argument("--pred", required=True, help="predictions file or directory")
-    p.add_argument("--out", help="write {metric, gt, pred, results} as JSON here")
+    p = argparse.ArgumentParser(
+        prog="glee eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score a predictions file (--metric), or run a GLEE model over a dataset and score it (--task).",
+        epilog="examples:\n"
+               "  glee eval --metric coco-bbox --gt instances_val2017.json --pred results.json --out m.json\n"
+               "  glee eval --task coco --weights glee/assets/nano --gt datasets/shapesworld/annotations/"
+               "instances_val.json \\\n      --images datasets/shapesworld/val/images --out runs/sw_val")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--metric", choices=METRICS, help="score --pred against --gt with this metric")
+    mode.add_argument("--task", choices=TASKS,
+                      help="run --weights over the dataset (--gt + --images) and score it: coco, lvis (COCO/LVIS "
+                           "JSON), refcoco (RefCOCO-style refs JSON), ytvis (YouTube-VIS JSON + frame folder)")
+    p.add_argument("--gt", help="ground-truth file or directory")
+    p.add_argument("--pred", help="scoring: predictions file or directory")
+    p.add_argument("--out", help="scoring: write {metric, gt, pred, results} as JSON here; running: output folder "
+                                 "for the predictions and metrics.json (default: glee_eval_<task>)")
     p.add_argument("--backend", choices=("auto", "pycocotools", "faster-coco-eval"), default="auto",
                    help="COCO/LVIS engine (default: faster-coco-eval when installed)")
     p.add_argument("--max-dets", type=int, help="LVIS: detections per image (300); TETA: per image cap")
     p.add_argument("--no-preprocess", action="store_true",
                    help="MOT: skip MOTChallenge distractor/class preprocessing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    run = p.add_argument_group("running a model (--task)")
+    run.add_argument("--weights", help="what `glee predict --weights` takes: a save_pretrained folder (e.g. "
+                                       "glee/assets/nano), an official checkpoint file, or a parity-fixture folder")
+    run.add_argument("--preset", help="variant of an official checkpoint file (default: from its keys)")
+    run.add_argument("--images", help="folder the ground truth's file_name / file_names are relative to")
+    run.add_argument("--limit", type=int, default=0, help="first N images / refs entries / videos (0: all)")
+    run.add_argument("--short-side", type=int, help="input shorter side (default: the model's min_size_test)")
+    run.add_argument("--max-size", type=int, help="cap on the input longer side (default: the model's max_size_test)")
+    run.add_argument("--top-k", type=int, help="instances kept per image (coco 100, lvis 300) or per video (ytvis 30)")
+    run.add_argument("--score-threshold", type=_threshold, default=0.0,
+                     help="coco/lvis: keep instances with score > this, or 'none' (default 0)")
+    run.add_argument("--batch-size", type=int, default=1, help="images per forward (coco, lvis, refcoco)")
+    run.add_argument("--threads", type=int, help="torch CPU threads")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     return p
 
 
@@ -114,9 +153,24 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the process exit code (0 ok, 1 bad input)."""
-    args = _parser().parse_args(argv)
+def _check_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Each mode's required options, and no options of the other mode."""
+    if args.metric:
+        needed, foreign = ("gt", "pred"), ("weights", "preset", "images", "short_side", "max_size", "top_k",
+                                            "threads")
+    else:
+        needed, foreign = ("weights", "gt", "images"), ("pred",)
+    missing = [f"--{n.replace('_', '-')}" for n in needed if getattr(args, n) is None]
+    if missing:
+        mode = f"--metric {args.metric}" if args.metric else f"--task {args.task}"
+        parser.error(f"{mode} needs {' '.join(missing)}")
+    extra = [f"--{n.replace('_', '-')}" for n in foreign if getattr(args, n) is not None]
+    if extra:
+        where = "running a model (--task)" if args.metric else "scoring a file (--metric)"
+        parser.error(f"{' '.join(extra)} only applies to {where}")
+
+
+def _score(args: argparse.Namespace) -> int:
     try:
         results = evaluate_predictions(args.metric, args.gt, args.pred, **_options(args))
     except ValueError as e:
@@ -133,6 +187,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        # bad numbers are input errors too: report them like the rest, before anything is loaded
+        if args.limit < 0 or (args.top_k is not None and args.top_k < 1) or args.batch_size < 1:
+            raise ValueError("--limit must be >= 0, --top-k and --batch-size >= 1")
+        from eval import runner
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        settings = runner.RunSettings(short_side=args.short_side, max_size=args.max_size, top_k=args.top_k,
+                                      score_threshold=args.score_threshold, batch_size=args.batch_size,
+                                      limit=args.limit or None, progress=not args.quiet)
+        out = args.out or f"glee_eval_{args.task}"
+        record = runner.evaluate_task(args.task, args.weights, args.gt, args.images, out, settings,
+                                      preset=args.preset, device=args.device, backend=args.backend,
+                                      max_dets=args.max_dets)
+    except (OSError, ValueError) as e:  # missing / malformed files, unreadable images, bad weights
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    flat = {f"{metric}/{key}": value for metric, res in record["results"].items() for key, value in res.items()}
+    t = record["timing"]
+    print(format_table(flat))
+    print(f"machine: {record['machine']}")
+    print(f"weights: {record['weights']}; input short side {record['settings']['short_side']}, "
+          f"max size {record['settings']['max_size']}")
+    print(f"timing: {t['items']} {t['unit']} in {t['run_s']:.1f} s ({t['per_s']:.2f} {t['unit']}/s); "
+          f"model load {t['load_s']:.1f} s, scoring {t['score_s']:.1f} s")
+    print(f"wrote {Path(out) / 'metrics.json'} and {record['files']['pred']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code (0 ok, 1 bad input)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_mode(args, parser)
+    return _score(args) if args.metric else _run(args)
 
 
 if __name__ == "__main__":

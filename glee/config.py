@@ -146,6 +146,9 @@ class GleeConfig:
     size_divisibility: int = 32
     min_size_test: int = 800
     max_size_test: int = 1333
+    # shorter side ImagePredictor / `glee predict` resize to unless told otherwise (official demo: 800 for every
+    # released model; the nano model is trained at 288-352)
+    predict_short_side: int = 800
     video_window_size: int = 10
 
     # ------------------------------------------------------------------ serialisation
@@ -387,6 +390,7 @@ def _nano() -> GleeConfig:
         pixel_std=[128.0, 128.0, 128.0],
         min_size_test=320,
         max_size_test=512,
+        predict_short_side=320,
     )
 
 

@@ -199,3 +199,17 @@ def test_prompts_outside_the_frame_and_malformed_prompts() -> None:
         prompt_mask(VisualPrompt(mask=np.ones((5, 5), dtype=bool)), 20, 20)
     with pytest.raises(ValueError, match="covers no pixel"):
         prompt_mask(VisualPrompt(scribble=[[(50, 50), (60, 60)]]), 20, 20)
+
+
+def test_predictor_without_config_resizes_to_the_models_input_size() -> None:
+    from glee.inference.predictor import ImagePredictor, PredictorConfig
+    from glee.modeling.glee_model import GleeModel
+
+    model = GleeModel(GleeConfig.preset("tiny")).eval()
+    model.cfg.predict_short_side = 96
+    predictor = ImagePredictor(model)
+    assert predictor.config.preprocess.short_side == 96
+    batch = prepare_batch([np.zeros((120, 180, 3), np.uint8)], predictor.config.preprocess, model.cfg)
+    assert batch.resized_sizes == [(96, 144)]
+    assert ImagePredictor(model, PredictorConfig()).config.preprocess.short_side == 800  # explicit config wins
+    assert GleeConfig.preset("lite").predict_short_side == 800 and GleeConfig.preset("nano").predict_short_side == 320

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from glee.inference.loading import load_model
 from glee.inference.postprocess import PostprocessConfig
 from glee.inference.predictor import ImagePredictor, PredictorConfig
 from glee.inference.preprocess import PreprocessConfig
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--multi-label", action="store_true", help="top-k over (query, class) pairs (evaluation style)")
     post.add_argument("--no-masks", action="store_true", help="boxes only (faster; no RLE in the JSON)")
     pre = parser.add_argument_group("preprocessing")
-    pre.add_argument("--short-side", type=int, default=800, help="resize the shorter side to this (demo: 800)")
+    pre.add_argument("--short-side", type=int, default=None,
+                     help="resize the shorter side to this (default: the model's own, 800 = the official demo)")
     pre.add_argument("--max-size", type=int, default=None, help="cap on the longer side (evaluation: 1333)")
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--output", type=Path, default=Path("glee_predictions"), help="output folder")
@@ -188,17 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     elif task == "class-agnostic":
         names = ["object"]
     threshold_given = hasattr(args, "threshold")
-    pre = PreprocessConfig(short_side=args.short_side, max_size=args.max_size)
     overrides: dict[str, Any] = {"score_mode": args.score_mode, "multi_label": args.multi_label,
                                  "with_masks": not args.no_masks}
     if args.top_k is not None:
         overrides["top_k"] = args.top_k
     if threshold_given:
         overrides["threshold"] = args.threshold
-    config = PredictorConfig(preprocess=pre, batch_size=args.batch_size)
     try:
         PostprocessConfig(**overrides)  # validate early, with the library's message
-        predictor = ImagePredictor.from_pretrained(args.weights, preset=args.preset, config=config, device=args.device)
+        model = load_model(args.weights, preset=args.preset, device=args.device)
+        short_side = args.short_side or model.cfg.predict_short_side
+        pre = PreprocessConfig(short_side=short_side, max_size=args.max_size)
+        predictor = ImagePredictor(model, PredictorConfig(preprocess=pre, batch_size=args.batch_size))
         if names is not None:
             predictor.encode_classes(names)  # bad class lists fail before any image is read
     except (OSError, ValueError) as exc:
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     summary: dict[str, Any] = {"weights": str(args.weights), "task": task, "classes": names, "expression": args.expr,
-                               "settings": {**overrides, "short_side": args.short_side, "max_size": args.max_size},
+                               "settings": {**overrides, "short_side": short_side, "max_size": args.max_size},
                                "images": [], "errors": []}
     coco: list[dict[str, Any]] = []
     prompts = list(args.points) + list(args.boxes)
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         json_path.write_text(json.dumps(record))
         entry = {"file": str(path), "json": json_path.name, "instances": len(dets)}
         if not args.no_overlay:
-            image = read_image(path, max_pixels=config.max_pixels)
+            image = read_image(path, max_pixels=predictor.config.max_pixels)
             if overlay_prompts:
                 image = draw_prompts(image, overlay_prompts)
             from PIL import Image

@@ -138,7 +138,8 @@ class ImagePredictor:
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
-        self.config = config or PredictorConfig()
+        # without a config, images are resized to the model's own input size (800 = the official demo)
+        self.config = config or PredictorConfig(preprocess=PreprocessConfig(short_side=model.cfg.predict_short_side))
         self.text_cache = TextEmbeddingCache(self.config.text_cache_size, self.config.text_chunk_size)
 
     @classmethod

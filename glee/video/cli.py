@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="VOS / R-VOS: weight of embedding similarity vs class probability")
     tr.add_argument("--memory", type=int, default=3, help="frames averaged for association (official 3)")
     pre = parser.add_argument_group("preprocessing")
-    pre.add_argument("--short-side", type=int, default=800, help="resize the shorter side to this (demo: 800)")
+    pre.add_argument("--short-side", type=int, default=None,
+                     help="resize the shorter side to this (default: the model's own, 800 = the official demo)")
     pre.add_argument("--max-size", type=int, default=None, help="cap on the longer side")
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--output", type=Path, default=Path("glee_tracks"), help="output folder")
@@ -222,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             from glee.inference.prompts import VisualPrompt
 
             prompts = [VisualPrompt(mask=_read_mask(p)) for p in args.mask] + list(args.boxes) + list(args.points)
-        pre = PreprocessConfig(short_side=args.short_side, max_size=args.max_size)
         # check the source before loading a model: a bad path fails in a second
         open_video(args.source, max_frames=1).close()
         model = load_model(args.weights, preset=args.preset, device=args.device)
+        pre = PreprocessConfig(short_side=args.short_side or model.cfg.predict_short_side, max_size=args.max_size)
     except (OSError, ValueError) as exc:
         print(f"glee track: error: {exc}", file=sys.stderr)
         return 2
