@@ -352,8 +352,9 @@ def build_datasets(args: argparse.Namespace, samples_per_epoch: int) -> Any:
                                       **common)]
         elif kind == "reason_seg":
             name, splits = args.reason_seg_data.split("|")
-            built[kind] = [ReasonSegDataset(root / "reason_seg" / name, splits, explanatory=args.explanatory,
-                                            **common)]
+            # a name is a folder under <dataset-dir>/reason_seg (LISA); an absolute path is used as it is
+            folder = Path(name) if Path(name).is_absolute() else root / "reason_seg" / name
+            built[kind] = [ReasonSegDataset(folder, splits, explanatory=args.explanatory, **common)]
         else:
             raise ValueError(f"unknown dataset type {kind!r}; use sem_seg, refer_seg, vqa, reason_seg")
     return HybridDataset(built, rates, **common)
@@ -374,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sem-seg-data", default="ade20k||cocostuff||pascal_part||paco_lvis")
     p.add_argument("--refer-seg-data", default="refclef||refcoco||refcoco+||refcocog")
     p.add_argument("--vqa-data", default="llava_instruct_150k")
-    p.add_argument("--reason-seg-data", default="ReasonSeg|train")
+    p.add_argument("--reason-seg-data", default="ReasonSeg|train",
+                   help="FOLDER|SPLITS: FOLDER under <dataset-dir>/reason_seg, or an absolute path (e.g. a set "
+                   "from scripts/make_shapesworld_reasoning.py); SPLITS like train or train_val")
     p.add_argument("--explanatory", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=2, help="images per micro-batch")
