@@ -90,16 +90,8 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-TASKS = ("coco", "lvis", "refcoco", "ytvis")  # eval.runner.TASKS; repeated so that --help needs no torch
+TASKS = ("coco", "lvis", "refcoco", "ytvis")  # eval.runner.TASKS; repeated so that --help needs no eval.runner
 
-
-def _threshold(text: str) -> float | None:
-    if text.lower() in ("none", "off"):
-        return None
-    try:
-        return float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"must be a number or 'none', got {text!r}") from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,8 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--short-side", type=int, help="input shorter side (default: the model's min_size_test)")
     run.add_argument("--max-size", type=int, help="cap on the input longer side (default: the model's max_size_test)")
     run.add_argument("--top-k", type=int, help="instances kept per image (coco 100, lvis 300) or per video (ytvis 30)")
-    run.add_argument("--score-threshold", type=_threshold, default=0.0,
-                     help="coco/lvis: keep instances with score > this, or 'none' (default 0)")
+    run.add_argument("--score-threshold", type=float, default=0.0,
+                     help="coco/lvis: keep instances with score > this (default 0)")
     run.add_argument("--batch-size", type=int, default=1, help="images per forward (coco, lvis, refcoco)")
     run.add_argument("--threads", type=int, help="torch CPU threads")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

@@ -11,11 +11,22 @@ Commands of the ``glee`` package are listed in ``COMMANDS``.  Other packages add
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import importlib.util
 import sys
 from dataclasses import dataclass
+
+
+def threshold_arg(text: str) -> float | None:
+    """argparse type for a score threshold: a number, or ``none`` / ``off`` for no threshold."""
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"threshold must be a number or 'none', got {text!r}") from exc
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from glee.cli import threshold_arg
 from glee.inference.loading import load_model
 from glee.inference.postprocess import PostprocessConfig
 from glee.inference.predictor import ImagePredictor, PredictorConfig
@@ -32,15 +33,6 @@ from glee.inference.preprocess import PreprocessConfig
 from glee.inference.prompts import VisualPrompt
 from glee.io import ImageReadError, is_video_path, list_images, read_image
 from glee.structures import Detections
-
-
-def _threshold(text: str) -> float | None:
-    if text.lower() in ("none", "off"):
-        return None
-    try:
-        return float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"threshold must be a number or 'none', got {text!r}") from exc
 
 
 def parse_points(text: str) -> VisualPrompt:
@@ -96,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="boxes 'x1,y1,x2,y2', one object each")
     post = parser.add_argument_group("postprocessing (defaults: the official demo)")
     post.add_argument("--top-k", type=int, default=None, help="instances kept before thresholding (demo: 15)")
-    post.add_argument("--threshold", type=_threshold, default=argparse.SUPPRESS,
+    post.add_argument("--threshold", type=threshold_arg, default=argparse.SUPPRESS,
                       help="score threshold, or 'none' (demo: 0.2 for classes, none for expressions and prompts)")
     post.add_argument("--score-mode", choices=["demo", "eval"], default="demo",
                       help="demo: class probability; eval: class probability x mean mask probability")
