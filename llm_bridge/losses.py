@@ -60,11 +60,12 @@ def mask_bce_loss(logits: Tensor, gt: Tensor, ignore_value: int = IGNORE_VALUE) 
 def mask_dice_loss(logits: Tensor, gt: Tensor, ignore_value: int = IGNORE_VALUE) -> Tensor:
     """LISA's soft DICE per mask (inputs and targets scaled by 1/1000, eps 1e-6), summed over masks."""
     valid, target = _valid_and_target(gt, ignore_value)
-    prob = torch.sigmoid(logits.float()) * valid
-    target = target * valid
-    prob, target = prob.flatten(1) / DICE_SCALE, target.flatten(1) / DICE_SCALE
-    numerator = 2 * (prob * target).sum(-1)
-    denominator = prob.sum(-1) + target.sum(-1)
+    prob = (torch.sigmoid(logits.float()) * valid).flatten(1)
+    target = (target * valid).flatten(1)
+    # LISA scales once: 2 * sum(p / s * t) over sum(p / s) + sum(t / s).  Scaling both p and t inside the
+    # product would shrink the numerator by another 1/s and pin the loss at 1 (no gradient).
+    numerator = 2 * (prob / DICE_SCALE * target).sum(-1)
+    denominator = (prob / DICE_SCALE).sum(-1) + (target / DICE_SCALE).sum(-1)
     return (1 - (numerator + DICE_EPS) / (denominator + DICE_EPS)).sum()
 
 

@@ -210,3 +210,22 @@ def test_seg_token_is_one_id(model):
     ids = model.tokenizer("Sure, it is [SEG].", add_special_tokens=False)["input_ids"]
     assert ids.count(model.seg_token_id) == 1
     assert model.tokenizer.decode([model.seg_token_id]) == "[SEG]"
+
+
+def test_dice_loss_scales_like_lisa():
+    """LISA: 1 - (2 sum(p/s * t) + eps) / (sum(p/s) + sum(t/s) + eps), s = 1000 (the target is scaled once).
+
+    Scaling the target inside the product as well pins the loss near 1 for any prediction (found while
+    training on the reasoning set: DICE stayed at 0.9999 while BCE fell).
+    """
+    from llm_bridge.losses import mask_dice_loss
+
+    gt = torch.zeros((1, 40, 40), dtype=torch.uint8)
+    gt[0, 10:20, 10:20] = 1
+    perfect = torch.where(gt == 1, 12.0, -12.0)
+    assert float(mask_dice_loss(perfect, gt)) < 1e-3
+    assert float(mask_dice_loss(-perfect, gt)) > 0.999
+    half = torch.zeros((1, 40, 40))  # p = 0.5 everywhere: 1 - 2 * 0.5 * 100 / (0.5 * 1600 + 100)
+    assert float(mask_dice_loss(half, gt)) == pytest.approx(1 - 100 / 900, abs=1e-4)
+    gt[0, 0, :] = 255  # ignore pixels count for neither prediction nor target
+    assert float(mask_dice_loss(half, gt)) == pytest.approx(1 - 100 / (0.5 * 1560 + 100), abs=1e-4)
