@@ -530,12 +530,16 @@ class ReasonSegModel(nn.Module):
         return self
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, glee_reference: str | None = None) -> Path:
         """Write the bridge: config, tokenizer, GLEE, projector + [SEG] projection, and the LM.
 
         With LoRA applied, only the adapter (LoRA + trained token rows) is written and the base LM is rebuilt
         from ``config.llm`` on load; after :meth:`merge_lora` (or without LoRA) the full LM is written, so the
         folder is standalone.
+
+        ``glee_reference``: ``"<package>:<folder>"`` (e.g. ``"glee:assets/nano"``) of a GLEE ``save_pretrained``
+        folder shipped inside an installed package.  The tower must hold exactly those weights (checked); the
+        bridge then records the reference and the file's SHA-256 instead of writing a second copy of GLEE.
         """
         from safetensors.torch import save_file
 
@@ -553,13 +557,27 @@ class ReasonSegModel(nn.Module):
             self.language_model.save_pretrained(str(folder / "language_model"))
             lm_kind = "full"
         self.tokenizer.save_pretrained(str(folder / "tokenizer"))
-        self._active_tower().glee.save_pretrained(folder / "glee")
+        glee_model = self._active_tower().glee
+        if glee_reference is None:
+            glee_model.save_pretrained(folder / "glee")
+        else:
+            glee_folder = resolve_glee_reference(glee_reference)
+            shipped = GleeModel.from_pretrained(glee_folder).state_dict()
+            own = glee_model.state_dict()
+            differs = [k for k, v in shipped.items() if k not in own or not torch.equal(own[k].cpu(), v)]
+            if differs or set(own) != set(shipped):
+                raise ValueError(f"the tower's GLEE weights are not those of {glee_reference} ({glee_folder}); "
+                                 f"e.g. {(differs or sorted(set(own) ^ set(shipped)))[:3]}: save without "
+                                 "glee_reference to write a copy")
         state = {f"mm_projector.{k}": v for k, v in self.mm_projector.state_dict().items()}
         state.update({f"seg_projection.{k}": v for k, v in self.seg_projection.state_dict().items()})
         save_file({k: v.detach().float().contiguous() for k, v in state.items()}, str(folder / MODULES_FILE),
                   metadata={"format": FORMAT})
         manifest = {"format": FORMAT, "language_model": lm_kind, "config": self.config.to_dict(),
                     "seg_token_id": self.seg_token_id, "image_token_id": self.image_token_id}
+        if glee_reference is not None:
+            manifest["glee_reference"] = {"source": glee_reference,
+                                          "sha256": _sha256(resolve_glee_reference(glee_reference))}
         (folder / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         return folder
 
@@ -591,7 +609,16 @@ class ReasonSegModel(nn.Module):
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{manifest_file}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
         config = BridgeConfig.from_dict(manifest["config"])
-        glee_model = GleeModel.from_pretrained(folder / "glee")
+        reference = manifest.get("glee_reference")
+        if reference is None:
+            glee_model = GleeModel.from_pretrained(folder / "glee")
+        else:
+            glee_folder = resolve_glee_reference(reference["source"])
+            if _sha256(glee_folder) != reference["sha256"]:
+                raise ValueError(f"{folder} was trained on the GLEE weights {reference['source']} with SHA-256 "
+                                 f"{reference['sha256'][:12]}..., but {glee_folder} now holds different weights; "
+                                 "reinstall the matching version or retrain the bridge")
+            glee_model = GleeModel.from_pretrained(glee_folder)
         if manifest["language_model"] == "full":
             from transformers import AutoTokenizer
 
@@ -618,6 +645,25 @@ class ReasonSegModel(nn.Module):
                              f"{manifest['seg_token_id']}/{manifest['image_token_id']}, now "
                              f"{model.seg_token_id}/{model.image_token_id}); the base tokenizer differs")
         return model.eval()
+
+
+def resolve_glee_reference(reference: str) -> Path:
+    """``"<package>:<folder>"`` -> that folder inside the installed package (a GLEE ``save_pretrained`` folder)."""
+    import importlib.resources
+
+    package, sep, relative = reference.partition(":")
+    if not sep or not package or not relative:
+        raise ValueError(f"GLEE reference {reference!r}: expected '<package>:<folder>', e.g. 'glee:assets/nano'")
+    folder = Path(str(importlib.resources.files(package))) / relative
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"GLEE reference {reference!r}: no model.safetensors in {folder}")
+    return folder
+
+
+def _sha256(glee_folder: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((glee_folder / "model.safetensors").read_bytes()).hexdigest()
 
 
 def postprocess_masks(low: Tensor, input_size: tuple[int, int], resized: tuple[int, int] | None,

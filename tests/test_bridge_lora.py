@@ -111,3 +111,34 @@ def test_quantized_loading_and_qlora_on_cpu(quantization):
     assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
     projector = [g for n, g in grads.items() if n.startswith("mm_projector")]
     assert all(g is not None and g.abs().sum() > 0 for g in projector), "gradients must flow through the 4/8-bit LM"
+
+
+def test_bridge_can_reference_a_packaged_glee_instead_of_copying_it(tmp_path, monkeypatch):
+    package = tmp_path / "site" / "shipped_glee"
+    (package / "assets").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    model = tiny_bridge(tiny_llm_dir(tie=True))
+    apply_lora(model, LoraSettings(dropout=0.0))
+    model.eval()
+    model.tower.glee.save_pretrained(package / "assets" / "g")
+    batch = inputs(model)
+    _, ref_masks, _ = evaluate(model, batch)
+
+    model.save_pretrained(tmp_path / "bridge", glee_reference="shipped_glee:assets/g")
+    assert not (tmp_path / "bridge" / "glee").exists()
+    manifest = json.loads((tmp_path / "bridge" / "bridge_config.json").read_text())
+    assert manifest["glee_reference"]["source"] == "shipped_glee:assets/g"
+    loaded = ReasonSegModel.from_pretrained(tmp_path / "bridge")
+    torch.testing.assert_close(evaluate(loaded, batch)[1], ref_masks)
+
+    weights = package / "assets" / "g" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # the packaged weights changed
+    with pytest.raises(ValueError, match="different weights"):
+        ReasonSegModel.from_pretrained(tmp_path / "bridge")
+    with pytest.raises(ValueError, match="not those of"):  # the tower does not hold the referenced weights
+        other = tiny_bridge(tiny_llm_dir(tie=True), seed=1)
+        model.tower.glee.save_pretrained(package / "assets" / "g")
+        other.save_pretrained(tmp_path / "other", glee_reference="shipped_glee:assets/g")
+    with pytest.raises(ValueError, match="expected '<package>:<folder>'"):
+        model.save_pretrained(tmp_path / "bad", glee_reference="assets/g")
