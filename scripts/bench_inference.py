@@ -414,10 +414,21 @@ def bf16_deviation(fp32: GleeOutput, bf16: GleeOutput, task: str) -> dict[str, f
     }
 
 
+def _linear_pointwise_flops(input_shape: Any, weight_shape: Any, *args: Any, out_shape: Any = None,
+                            **kwargs: Any) -> int:
+    rows = math.prod(input_shape[:-1])
+    return 2 * rows * weight_shape[1] * weight_shape[0]  # weight [out, in]
+
+
 def count_flops(fn: Callable[[], Any]) -> float:
+    """GFLOPs of matrix products, convolutions and attention in ``fn`` (PyTorch's FLOP counter), including the
+    fast path's oneDNN fused linears (``mkldnn._linear_pointwise``), which the counter does not know."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    custom = {}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        custom[torch.ops.mkldnn._linear_pointwise] = _linear_pointwise_flops
+    counter = FlopCounterMode(display=False, custom_mapping=custom)
     with counter:
         fn()
     return counter.get_total_flops() / 1e9
