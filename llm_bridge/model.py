@@ -531,7 +531,7 @@ class ReasonSegModel(nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, folder: str | Path, glee_reference: str | None = None) -> Path:
-        """Write the bridge: config, tokenizer, GLEE, projector + [SEG] projection, and the LM.
+        """Write the bridge: config, GLEE, projector + [SEG] projection, and the LM (+ tokenizer when full).
 
         With LoRA applied, only the adapter (LoRA + trained token rows) is written and the base LM is rebuilt
         from ``config.llm`` on load; after :meth:`merge_lora` (or without LoRA) the full LM is written, so the
@@ -556,7 +556,8 @@ class ReasonSegModel(nn.Module):
                                  "model and quantise at load time (from_pretrained(..., quantization='4bit'))")
             self.language_model.save_pretrained(str(folder / "language_model"))
             lm_kind = "full"
-        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        if lm_kind == "full":  # an adapter folder rebuilds the tokenizer from config.llm (+ the added tokens)
+            self.tokenizer.save_pretrained(str(folder / "tokenizer"))
         glee_model = self._active_tower().glee
         if glee_reference is None:
             glee_model.save_pretrained(folder / "glee")
