@@ -269,6 +269,16 @@ def _whole_file(gt: Any, cut: bool) -> str | None:
     return None if cut or not isinstance(gt, (str, os.PathLike)) else os.fspath(gt)
 
 
+def _cut_ground_truth(data: dict, records: str, id_field: str, keep: set[int], limit: int | None,
+                      name: str) -> tuple[dict, bool]:
+    """The ground truth restricted to its first ``limit`` images/videos (and their annotations); whether it was cut."""
+    if not limit or limit >= len(data[records]):
+        return data, False
+    anns = [a for i, a in enumerate(data["annotations"])
+            if as_id(require(a, id_field, name, f"annotation {i}"), name, f"annotation {i}", id_field) in keep]
+    return {**data, records: data[records][:limit], "annotations": anns}, True
+
+
 def load_detection_gt(gt: str | os.PathLike | dict, images: str | os.PathLike, limit: int | None = None,
                       lvis: bool = False) -> TaskInputs:
     """COCO / LVIS ground truth for a detection run, checked with the scorer's own validation."""
@@ -282,12 +292,7 @@ def load_detection_gt(gt: str | os.PathLike | dict, images: str | os.PathLike, l
         image_id = as_id(require(im, "id", name, where), name, where, "id")
         todo.append(ImageToRun(image_id, _image_path(folder, im, name, where), _size(im, name, where)))
     _check_files([(t.path, f"image {i} (id {t.id})") for i, t in enumerate(todo)], folder, name)
-    cut = bool(limit) and limit < len(data["images"])
-    if cut:
-        keep = {t.id for t in todo}
-        anns = [a for i, a in enumerate(data["annotations"])
-                if as_id(require(a, "image_id", name, f"annotation {i}"), name, f"annotation {i}", "image_id") in keep]
-        data = {**data, "images": data["images"][:limit], "annotations": anns}
+    data, cut = _cut_ground_truth(data, "images", "image_id", {t.id for t in todo}, limit, name)
     from eval.coco import load_coco_gt
 
     iou_types = _iou_types(data)
@@ -384,12 +389,7 @@ def load_video_gt(gt: str | os.PathLike | dict, frames: str | os.PathLike, limit
             checks.append((folder / f, f"{where} (id {vid}) frame {t}"))
         todo.append(VideoToRun(vid, paths, _size(v, name, where)))
     _check_files(checks, folder, name)
-    cut = bool(limit) and limit < len(data["videos"])
-    if cut:
-        keep = {v.id for v in todo}
-        anns = [a for i, a in enumerate(data["annotations"])
-                if as_id(require(a, "video_id", name, f"annotation {i}"), name, f"annotation {i}", "video_id") in keep]
-        data = {**data, "videos": data["videos"][:limit], "annotations": anns}
+    data, cut = _cut_ground_truth(data, "videos", "video_id", {v.id for v in todo}, limit, name)
     from eval.video import evaluate_ytvis
 
     try:  # the scorer's validation of the annotations (an empty prediction list costs nothing)

@@ -402,17 +402,29 @@ def t_centre(scene: Scene, rng: np.random.Generator) -> Question | None:
     ])
 
 
-def t_same_colour_as(scene: Scene, rng: np.random.Generator) -> Question | None:
-    """Other objects painted like the only <shape>; that reference object itself is ignored."""
-    shapes = Counter(o.shape for o in scene.objects)
-    anchors = [i for i, o in enumerate(scene.objects) if shapes[o.shape] == 1
-               and any(j != i and p.colour == o.colour for j, p in enumerate(scene.objects))]
+def _anchor_and_matches(scene: Scene, rng: np.random.Generator, unique: str, shared: str
+                        ) -> tuple[int, list[int]] | None:
+    """A random object whose ``unique`` attribute no other object has, and the other objects that share its
+    ``shared`` attribute (at least one); None when there is no such object."""
+    objects = scene.objects
+    counts = Counter(getattr(o, unique) for o in objects)
+    anchors = [i for i, o in enumerate(objects) if counts[getattr(o, unique)] == 1
+               and any(j != i and getattr(p, shared) == getattr(o, shared) for j, p in enumerate(objects))]
     if not anchors:
         return None
     a = anchors[int(rng.integers(len(anchors)))]
+    value = getattr(objects[a], shared)
+    return a, [i for i, o in enumerate(objects) if i != a and getattr(o, shared) == value]
+
+
+def t_same_colour_as(scene: Scene, rng: np.random.Generator) -> Question | None:
+    """Other objects painted like the only <shape>; that reference object itself is ignored."""
+    found = _anchor_and_matches(scene, rng, unique="shape", shared="colour")
+    if found is None:
+        return None
+    a, targets = found
     ref = scene.objects[a]
-    return Question("same_colour_as", f"colour of the {ref.shape}",
-                    [i for i, o in enumerate(scene.objects) if i != a and o.colour == ref.colour], [
+    return Question("same_colour_as", f"colour of the {ref.shape}", targets, [
         f"Which other shapes share the colour of the {ref.shape}?",
         f"Which objects are painted the same colour as the {ref.shape}?",
     ], [
@@ -423,15 +435,12 @@ def t_same_colour_as(scene: Scene, rng: np.random.Generator) -> Question | None:
 
 def t_same_shape_as(scene: Scene, rng: np.random.Generator) -> Question | None:
     """Other objects shaped like the only <colour> one; the reference object itself is ignored."""
-    colours = Counter(o.colour for o in scene.objects)
-    anchors = [i for i, o in enumerate(scene.objects) if colours[o.colour] == 1
-               and any(j != i and p.shape == o.shape for j, p in enumerate(scene.objects))]
-    if not anchors:
+    found = _anchor_and_matches(scene, rng, unique="colour", shared="shape")
+    if found is None:
         return None
-    a = anchors[int(rng.integers(len(anchors)))]
+    a, targets = found
     ref = scene.objects[a]
-    return Question("same_shape_as", f"shape of the {ref.colour} one",
-                    [i for i, o in enumerate(scene.objects) if i != a and o.shape == ref.shape], [
+    return Question("same_shape_as", f"shape of the {ref.colour} one", targets, [
         f"Which other objects have the same form as the {ref.colour} one?",
         f"Which shapes look like the {ref.colour} object, apart from their colour?",
     ], [
