@@ -10,7 +10,6 @@ from glee import GleeConfig, GleeModel
 from glee.inference.preprocess import PreprocessConfig, prepare_batch, resize_prompt_mask
 from glee.inference.prompts import VisualPrompt
 from glee.video import ObjectTracker, ReferringTracker, segment_expression, segment_objects, track_click
-from glee.video.vos import PromptTokenCache
 
 PRE = PreprocessConfig(short_side=48)
 
@@ -35,34 +34,33 @@ def _mask() -> np.ndarray:
     return m
 
 
-def _forward(model, image, mask, seed=0):
+def _forward(model, image, mask, seed=0, encoded=None):
     batch = prepare_batch([image], PRE, model.cfg)
-    prompt = resize_prompt_mask(mask, batch.resized_sizes[0], batch.padded_size, PRE)[None]
+    prompt = None if mask is None else resize_prompt_mask(mask, batch.resized_sizes[0], batch.padded_size, PRE)[None]
     with torch.inference_mode():
         return model(batch.images, categories=["object"], visual_prompt_masks=prompt, visual_prompt_type="mask",
-                     generator=torch.Generator().manual_seed(seed))
+                     generator=torch.Generator().manual_seed(seed), visual_prompt=encoded)
 
 
-def test_prompt_token_cache_replays_frame0_tokens(tiny_model):
+def test_encoded_visual_prompt_is_reused_on_later_frames(tiny_model):
     f0, f1 = _frames(2)
-    cache = PromptTokenCache(tiny_model)
-    with cache.record():
-        recorded = _forward(tiny_model, f0, _mask())
-    assert "encode_template" not in vars(tiny_model) and "visual_point_tokens" not in vars(tiny_model)
-    plain0 = _forward(tiny_model, f0, _mask())
-    torch.testing.assert_close(recorded.pred_logits, plain0.pred_logits)
-    assert cache.template is not None and cache.template.shape[0] == 1 and cache.nbytes() > 0
-    # replay on frame 0 reproduces it; replay on frame 1 differs from re-prompting frame 1 (tokens are frame 0's)
-    with cache.replay():
-        replay0 = _forward(tiny_model, f0, np.ones((40, 56), bool))  # the mask given is ignored on replay
-        replay1 = _forward(tiny_model, f1, _mask())
-    torch.testing.assert_close(replay0.pred_logits, plain0.pred_logits)
+    first = _forward(tiny_model, f0, _mask())
+    encoded = first.extra["visual_prompt"]
+    assert encoded.template.shape[0] == 1 and encoded.nbytes() > 0
+    assert len(encoded.point_tokens) == len(encoded.point_padding) == len(encoded.points)
+    # reusing it on frame 0 reproduces the prompted forward; on frame 1 it differs from re-prompting frame 1
+    reused0 = _forward(tiny_model, f0, None, encoded=encoded)
+    torch.testing.assert_close(reused0.pred_logits, first.pred_logits)
+    torch.testing.assert_close(reused0.pred_masks, first.pred_masks)
+    assert reused0.extra["visual_prompt"] is encoded
+    reused1 = _forward(tiny_model, f1, None, encoded=encoded)
     plain1 = _forward(tiny_model, f1, _mask())
-    assert not torch.allclose(replay1.query_embeddings, plain1.query_embeddings, atol=1e-4)
-    assert "encode_template" not in vars(tiny_model)
-    with pytest.raises(RuntimeError, match="record"):
-        with PromptTokenCache(tiny_model).replay():
-            pass
+    assert not torch.allclose(reused1.query_embeddings, plain1.query_embeddings, atol=1e-4)
+    with pytest.raises(ValueError, match="not both"):
+        _forward(tiny_model, f1, _mask(), encoded=encoded)
+    with pytest.raises(ValueError, match="one per image"):
+        batch = prepare_batch([f1, f1], PRE, tiny_model.cfg)
+        tiny_model(batch.images, categories=["object"], visual_prompt=encoded)
 
 
 @pytest.mark.parametrize("mode", ["first_frame", "propagate"])

@@ -66,6 +66,24 @@ class ExpressionEmbeddings:
 
 
 @dataclass
+class VisualPromptEmbeddings:
+    """A visual prompt encoded on one frame (``GleeOutput.extra["visual_prompt"]``), reusable on later frames.
+
+    Video object segmentation keeps the first frame's prompt: the official code encodes the template crop and
+    the point tokens once and feeds them to every later frame (pass this as ``visual_prompt=``).
+    """
+
+    template: Tensor  # [B, T, C] early-fusion tokens of the template crops
+    point_tokens: list[Tensor]  # per encoder level: [P, B, C]
+    point_padding: list[Tensor]  # per encoder level: [B, P] (True = padding)
+    points: list[Any]  # per encoder level: the sampled (y, x) points of each prompt
+
+    def nbytes(self) -> int:
+        tensors = [self.template, *self.point_tokens, *self.point_padding]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
 class GleeOutput:
     """Model-level predictions.  B images, Q queries, K classes (1 for expressions)."""
 
@@ -324,6 +342,7 @@ class GleeModel(nn.Module):
         generator: torch.Generator | None = None,
         denoising: DenoisingQueries | None = None,
         all_layer_masks: bool = False,
+        visual_prompt: VisualPromptEmbeddings | None = None,
     ) -> GleeOutput:
         """
         Args:
@@ -335,6 +354,8 @@ class GleeModel(nn.Module):
             generator: RNG for subsampling prompts with more than ``max_spatial_len`` pixels (default: global).
             denoising: DN queries (training).
             all_layer_masks: masks for every prediction set (training).
+            visual_prompt: a prompt already encoded by an earlier forward (its ``extra["visual_prompt"]``), used
+                instead of ``visual_prompt_masks`` (video object segmentation keeps the first frame's prompt).
         """
         images = self._check_images(images)
         if (self.inference_mode == "fast_bf16" and not self.training
@@ -346,7 +367,7 @@ class GleeModel(nn.Module):
                 expressions = self.encode_expressions(expressions)
             with torch.autocast(images.device.type, dtype=torch.bfloat16):
                 out = self.forward(images, categories, expressions, visual_prompt_masks, visual_prompt_type,
-                                   generator, denoising, all_layer_masks)
+                                   generator, denoising, all_layer_masks, visual_prompt)
             return _outputs_to_float32(out)
         batch = images.shape[0]
         if categories is None and expressions is None:
@@ -359,6 +380,12 @@ class GleeModel(nn.Module):
                                  "checkpoint); use a stage-2/3 model for interactive segmentation")
             if visual_prompt_type not in VISUAL_PROMPT_TYPES:
                 raise ValueError(f"visual_prompt_type must be one of {VISUAL_PROMPT_TYPES}, got {visual_prompt_type!r}")
+        if visual_prompt is not None:
+            if visual_prompt_masks is not None:
+                raise ValueError("give visual_prompt_masks (a new prompt) or visual_prompt (an encoded one), not both")
+            if visual_prompt.template.shape[0] != batch:
+                raise ValueError(f"the encoded visual prompt holds {visual_prompt.template.shape[0]} prompts for "
+                                 f"{batch} images; give one per image")
         padded, (height, width) = self._pad(images)
         if self._fast():  # oneDNN convolutions run fastest on NHWC; the pixel decoder reads NHWC for free
             padded = padded.contiguous(memory_format=torch.channels_last)
@@ -388,20 +415,29 @@ class GleeModel(nn.Module):
             extra["categories"] = cats
 
         features = self.backbone(padded)
+        template = None
         if visual_prompt_masks is not None:
             crops = template_crops(padded, visual_prompt_masks, visual_prompt_type, self.cfg.visual_template_size)
             template = self.encode_template(crops)
+        elif visual_prompt is not None:
+            template = visual_prompt.template
+        if template is not None:
             fusion_tokens = template if fusion_tokens is None else torch.cat([fusion_tokens, template], 1)
         if not self.cfg.early_fusion:
             fusion_tokens = None
         pix = self.pixel_decoder(features, fusion_tokens)
 
-        if visual_prompt_masks is not None:
+        if template is not None:
+            if visual_prompt is None:
+                tokens, padding, sampled = self.visual_point_tokens(
+                    pix.multi_scale_features, visual_prompt_masks, generator
+                )
+                visual_prompt = VisualPromptEmbeddings(template, tokens, padding, sampled)
             prompt.visual_prompt = True
-            prompt.prompt_tokens, prompt.prompt_padding, sampled = self.visual_point_tokens(
-                pix.multi_scale_features, visual_prompt_masks, generator
-            )
-            extra["prompt_points"] = sampled
+            prompt.prompt_tokens = list(visual_prompt.point_tokens)
+            prompt.prompt_padding = list(visual_prompt.point_padding)
+            extra["visual_prompt"] = visual_prompt
+            extra["prompt_points"] = visual_prompt.points
             extra["prompt_padding"] = prompt.prompt_padding
         mask_features = pix.mask_features
         decoder_context = contextlib.nullcontext()

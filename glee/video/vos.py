@@ -30,8 +30,7 @@ Memory is flat: per object, the last ``memory`` embeddings (and, in ``propagate`
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,7 +43,7 @@ from glee.box_ops import box_iou
 from glee.inference.postprocess import boxes_to_image, mask_logits_to_image, select_by_clicks
 from glee.inference.preprocess import PreparedBatch, PreprocessConfig, prepare_batch, resize_prompt_mask
 from glee.inference.prompts import PromptPlan, VisualPrompt, clicks_to_canvas, plan_prompt
-from glee.modeling.glee_model import GleeModel, GleeOutput
+from glee.modeling.glee_model import GleeModel, GleeOutput, VisualPromptEmbeddings
 from glee.structures import Detections
 from glee.video._common import (
     Progress,
@@ -112,87 +111,6 @@ def _single_target_detections(out: GleeOutput, b: int, query: int, prepared: Pre
 
 
 # ---------------------------------------------------------------------------------------------------------
-# reuse of frame-0 visual prompt tokens
-class PromptTokenCache:
-    """Records the visual prompter's outputs on frame 0 and replays them on later frames.
-
-    ``GleeModel.forward`` builds the early-fusion template with ``self.encode_template(crops)`` and the
-    decoder point tokens with ``self.visual_point_tokens(levels, masks, generator)``.  During
-    :meth:`record` both are wrapped on the model *instance* to keep their results; during :meth:`replay`
-    they return the kept frame-0 results instead of recomputing them on the current frame.  The instance
-    attributes are removed afterwards, restoring the class methods.  (A public ``GleeModel.forward``
-    argument for precomputed prompt tokens would make this unnecessary.)
-    """
-
-    def __init__(self, model: GleeModel) -> None:
-        self.model = model
-        self.template: Tensor | None = None  # [B, T, C]
-        self.point_tokens: tuple[list[Tensor], list[Tensor], list[Any]] | None = None  # tokens, padding, points
-        self._calls = [0, 0]  # encode_template, visual_point_tokens calls in the current context
-
-    @contextmanager
-    def _patched(self, encode_template: Callable[..., Any], point_tokens: Callable[..., Any]) -> Iterator[None]:
-        model = self.model
-        if "encode_template" in vars(model) or "visual_point_tokens" in vars(model):
-            raise RuntimeError("the model's prompt methods are already patched (nested PromptTokenCache use)")
-        model.encode_template = encode_template  # type: ignore[method-assign]
-        model.visual_point_tokens = point_tokens  # type: ignore[method-assign]
-        self._calls = [0, 0]
-        try:
-            yield
-        finally:
-            del model.encode_template
-            del model.visual_point_tokens
-        if self._calls[0] < 1 or self._calls[0] != self._calls[1]:
-            raise RuntimeError("no visual-prompt forward called encode_template and visual_point_tokens inside this "
-                               "context (run one there); if one ran, GleeModel.forward changed and "
-                               "glee.video.vos.PromptTokenCache must follow its API")
-
-    @contextmanager
-    def record(self) -> Iterator[None]:
-        model = self.model
-        encode, points = model.encode_template, model.visual_point_tokens  # bound class methods
-
-        def encode_and_keep(crops: Tensor) -> Tensor:
-            self._calls[0] += 1
-            self.template = encode(crops)
-            return self.template
-
-        def points_and_keep(levels: list[Tensor], masks: Tensor, generator: Any) -> Any:
-            self._calls[1] += 1
-            self.point_tokens = points(levels, masks, generator)
-            return self.point_tokens
-
-        with self._patched(encode_and_keep, points_and_keep):
-            yield
-
-    @contextmanager
-    def replay(self) -> Iterator[None]:
-        if self.template is None or self.point_tokens is None:
-            raise RuntimeError("nothing recorded: run the first frame under record() first")
-
-        def template(crops: Tensor) -> Tensor:
-            self._calls[0] += 1
-            assert self.template is not None
-            if crops.shape[0] != self.template.shape[0]:
-                raise ValueError(f"replaying {self.template.shape[0]} prompts on a batch of {crops.shape[0]}")
-            return self.template
-
-        def points(levels: list[Tensor], masks: Tensor, generator: Any) -> Any:
-            self._calls[1] += 1
-            return self.point_tokens
-
-        with self._patched(template, points):
-            yield
-
-    def nbytes(self) -> int:
-        tensors = [self.template] if self.template is not None else []
-        if self.point_tokens is not None:
-            tensors += list(self.point_tokens[0]) + list(self.point_tokens[1])
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-
-# ---------------------------------------------------------------------------------------------------------
 @dataclass
 class _Object:
     """State of one prompted object."""
@@ -255,7 +173,7 @@ class ObjectTracker:
         self.prompt_seed = prompt_seed
         self.text = TextPrompt.encode(model, ["object"], None)
         self._objects: list[_Object] = []
-        self._caches: list[tuple[list[int], PromptTokenCache]] = []  # (object indices, frame-0 tokens) per kind
+        self._caches: list[tuple[list[int], VisualPromptEmbeddings]] = []  # (object indices, frame-0 prompt) per kind
 
     def state_nbytes(self) -> int:
         """Bytes carried between frames (embeddings, cached prompt tokens, propagated masks)."""
@@ -292,15 +210,20 @@ class ObjectTracker:
             return None
         return torch.Generator(device=model_device(self.model)).manual_seed(self.prompt_seed)
 
-    def _forward(self, image: np.ndarray, masks: list[np.ndarray], kind: str) -> tuple[GleeOutput, PreparedBatch]:
-        """One frame, one prompt per batch entry (the frame repeated)."""
+    def _forward(self, image: np.ndarray, masks: list[np.ndarray], kind: str,
+                 encoded: VisualPromptEmbeddings | None = None) -> tuple[GleeOutput, PreparedBatch]:
+        """One frame, one prompt per batch entry (the frame repeated); ``encoded``: reuse an earlier frame's
+        prompt (template + point tokens) instead of encoding ``masks`` on this frame."""
         prepared = prepare_batch([image], self.preprocess, self.model.cfg, model_device(self.model))
         n = len(masks)
-        prompt = torch.stack([resize_prompt_mask(m, prepared.resized_sizes[0], prepared.padded_size,
-                                                 self.preprocess) for m in masks]).to(prepared.images.device)
+        prompt = None
+        if encoded is None:
+            prompt = torch.stack([resize_prompt_mask(m, prepared.resized_sizes[0], prepared.padded_size,
+                                                     self.preprocess) for m in masks]).to(prepared.images.device)
         with torch.inference_mode():
             out = self.model(prepared.images.expand(n, -1, -1, -1), categories=self.text.categories,
-                             visual_prompt_masks=prompt, visual_prompt_type=kind, generator=self._generator())
+                             visual_prompt_masks=prompt, visual_prompt_type=kind, generator=self._generator(),
+                             visual_prompt=encoded)
         return out, prepared
 
     def _first(self, image: np.ndarray, prompts: list[VisualPrompt]) -> TrackedFrame:
@@ -313,10 +236,8 @@ class ObjectTracker:
             by_kind.setdefault(o.plan.prompt.kind, []).append(i)
         results: dict[int, Detections] = {}
         for kind, idx in by_kind.items():
-            cache = PromptTokenCache(self.model)
-            with cache.record():
-                out, prepared = self._forward(image, [self._objects[i].plan.mask for i in idx], kind)
-            self._caches.append((idx, cache))
+            out, prepared = self._forward(image, [self._objects[i].plan.mask for i in idx], kind)
+            self._caches.append((idx, out.extra["visual_prompt"]))
             for b, i in enumerate(idx):
                 query = self._first_choice(out, b, prepared, self._objects[i].plan, (height, width))
                 results[i] = self._emit(out, b, query, prepared, image, 0, self._objects[i])
@@ -325,14 +246,12 @@ class ObjectTracker:
     def _next(self, index: int, image: np.ndarray) -> TrackedFrame:
         results: dict[int, Detections] = {}
         if self.prompt_mode == "first_frame":
-            for idx, cache in self._caches:
-                # the masks only feed the (replayed) template crop; any non-empty mask of this size will do
+            for idx, encoded in self._caches:
                 masks = [self._objects[i].plan.mask for i in idx]
                 if masks[0].shape != image.shape[:2]:
                     raise ValueError(f"frame {index} is {image.shape[1]}x{image.shape[0]} but the first frame was "
                                      f"{masks[0].shape[1]}x{masks[0].shape[0]}; frames must keep one size")
-                with cache.replay():
-                    out, prepared = self._forward(image, masks, self._objects[idx[0]].plan.prompt.kind)
+                out, prepared = self._forward(image, masks, self._objects[idx[0]].plan.prompt.kind, encoded)
                 for b, i in enumerate(idx):
                     results[i] = self._follow(out, b, prepared, image, index, self._objects[i])
         else:
