@@ -12,4 +12,10 @@
 * :mod:`llm_bridge.testing`    -- tiny random tokenizer / Llama / bridge and a miniature LISA dataset folder
 """
 
+from pathlib import Path
+
 import glee  # noqa: F401  (first: installs the torchvision shim that transformers needs on CPU torch)
+
+# The bundled default bridge: SmolLM2-135M-Instruct + the bundled nano GLEE, trained on the ShapesWorld reasoning
+# set (adapter + projector only; recipe in its README.md).  `glee chat` and `glee app` use it by default.
+DEFAULT_BRIDGE_DIR = Path(__file__).resolve().parent / "assets" / "bridge_nano"

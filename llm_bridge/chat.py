@@ -11,6 +11,7 @@ Python::
 Command line (``glee chat`` dispatches to :func:`main`)::
 
     glee chat --model runs/bridge/merged --image street.jpg "Segment the bus." --out overlay.png
+    glee chat --image shapes.jpg "Which shape has the most corners? Please output segmentation mask."  # bundled
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from llm_bridge import DEFAULT_BRIDGE_DIR
 from llm_bridge.data.conversation import IMAGE_PLACEHOLDER, Message, build_prompt, with_image
 from llm_bridge.model import ReasonSegModel
+
+DEFAULT_BRIDGE = DEFAULT_BRIDGE_DIR
 
 PALETTE = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
@@ -160,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "image; prints the answer and writes one mask per [SEG].")
     p.add_argument("prompt", help="the question, e.g. 'Which object holds water? Please output segmentation mask.'")
     p.add_argument("--image", help="input image (required)")
-    p.add_argument("--model", help="bridge folder written by ReasonSegModel.save_pretrained (required)")
+    p.add_argument("--model", help="bridge folder written by ReasonSegModel.save_pretrained (default: the bundled "
+                   "ShapesWorld bridge, SmolLM2-135M + nano GLEE)")
     p.add_argument("--out", help="overlay PNG to write (default: <image stem>_overlay.png next to the image)")
     p.add_argument("--masks-dir", help="also write each mask as <stem>_mask_<i>.png into this folder")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -179,8 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.image:
         parser.error("no image given: pass --image PATH (the bridge segments objects in an image)")
     if not args.model:
-        parser.error("no model given: pass --model DIR, a folder written by ReasonSegModel.save_pretrained "
-                     "(e.g. the merged output of llm_bridge.train)")
+        if not (DEFAULT_BRIDGE / "bridge_config.json").is_file():
+            parser.error(f"no model given and no bundled bridge at {DEFAULT_BRIDGE}: pass --model DIR, a folder "
+                         "written by ReasonSegModel.save_pretrained (e.g. the output of llm_bridge.train)")
+        args.model = str(DEFAULT_BRIDGE)
     if not Path(args.image).is_file():
         parser.error(f"--image {args.image!r} does not exist")
     if not Path(args.model).is_dir():

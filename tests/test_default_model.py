@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,8 @@ from glee.inference.preprocess import PreprocessConfig
 
 ASSETS = Path(glee.__file__).parent / "assets"
 # ground truth of the sample (a held-out ShapesWorld image): name, (x, y, w, h)
-SAMPLE_OBJECTS = [
-    ("white hexagon", (238, 131, 16, 15)), ("purple hexagon", (149, 294, 90, 81)),
-    ("purple diamond", (52, 132, 26, 31)), ("yellow diamond", (98, 62, 101, 66)),
-    ("white star", (259, 209, 79, 82)), ("purple diamond", (124, 208, 90, 91)),
-    ("white diamond", (80, 266, 14, 9)), ("black hexagon", (272, 127, 19, 21)),
-]
+SAMPLE_OBJECTS = [(o["name"], tuple(o["bbox"]))
+                  for o in json.loads((ASSETS / "samples" / "shapes.json").read_text())["objects"]]
 
 
 @pytest.fixture(scope="module")

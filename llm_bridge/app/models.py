@@ -33,9 +33,9 @@ import llm_bridge
 
 Kind = Literal["glee", "bridge"]
 
-# Filled by the release that ships trained default weights; until then the app falls back to random tiny models.
+# The bundled trained defaults; when a folder is missing the app falls back to random tiny models.
 BUNDLED_GLEE_DIR = Path(glee.__file__).resolve().parent / "assets" / "nano"  # GleeModel.save_pretrained folder
-BUNDLED_BRIDGE_DIR = Path(llm_bridge.__file__).resolve().parent / "assets" / "bridge_nano"  # ReasonSegModel folder
+BUNDLED_BRIDGE_DIR = llm_bridge.DEFAULT_BRIDGE_DIR  # ReasonSegModel folder
 
 UNTRAINED_NOTE = ("untrained demo weights: this is a random tiny model, so its masks, scores and answers are "
                   "meaningless; start the app with --glee / --bridge to use trained weights")
