@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from glee.modeling.threads import single_threaded
+
 # ChatML, the format of SmolLM2-Instruct's template (so the tiny stack exercises the same code path)
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -242,17 +244,5 @@ class ForcedAnswer:
         return out
 
 
-class single_thread:  # noqa: N801 - used like a function: ``with single_thread(): ...``
-    """Run torch on one intra-op thread inside the block (the previous setting is restored).
-
-    For tiny models every op is too small to split, and on a shared machine OpenMP threads spin-wait for a
-    busy core: one thread is then several times faster and far steadier.
-    """
-
-    def __enter__(self) -> single_thread:
-        self._previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self._previous)
+# ``with single_thread(): ...`` runs torch on one intra-op thread (tiny models: faster and steadier)
+single_thread = single_threaded

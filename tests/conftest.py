@@ -34,3 +34,13 @@ def tiny_model():
 
     torch.manual_seed(0)
     return GleeModel(GleeConfig.preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: every op is too small to split, and on a shared machine OpenMP threads spin-wait for a busy
+    core, so one intra-op thread is faster and far steadier (the previous setting is restored)."""
+    from glee.modeling.threads import single_threaded
+
+    with single_threaded():
+        yield

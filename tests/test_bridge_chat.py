@@ -8,14 +8,11 @@ import torch
 from PIL import Image
 
 from llm_bridge.chat import BridgeChat, load_image, main
-from llm_bridge.testing import ForcedAnswer, single_thread, tiny_bridge, tiny_llm_dir
+from llm_bridge.testing import ForcedAnswer, tiny_bridge, tiny_llm_dir
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster, steadier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one torch thread is faster and steadier (no OpenMP spin-waits on a busy machine)."""
-    with single_thread():
-        yield
 
 
 

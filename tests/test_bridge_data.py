@@ -22,14 +22,11 @@ from llm_bridge.data import (
 from llm_bridge.data.conversation import ANSWER_LIST, render, tokenize_conversation, with_image
 from llm_bridge.data.reason_seg import rasterize
 from llm_bridge.data.refer_seg import load_refs
-from llm_bridge.testing import single_thread, tiny_tokenizer, write_lisa_fixture
+from llm_bridge.testing import tiny_tokenizer, write_lisa_fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster, steadier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one torch thread is faster and steadier (no OpenMP spin-waits on a busy machine)."""
-    with single_thread():
-        yield
 
 
 

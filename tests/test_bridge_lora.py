@@ -11,17 +11,14 @@ import torch
 from llm_bridge.data.conversation import pad_batch, tokenize_conversation, with_image
 from llm_bridge.lora import LoraSettings, apply_lora, count_parameters, trainable_parameters
 from llm_bridge.model import ReasonSegModel, build_bridge
-from llm_bridge.testing import single_thread, tiny_bridge, tiny_llm_dir
+from llm_bridge.testing import tiny_bridge, tiny_llm_dir
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster, steadier
 
 CONV = [{"role": "user", "content": with_image("Segment the cat and the dog.")},
         {"role": "assistant", "content": "The cat is [SEG] and the dog is [SEG]."}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one torch thread is faster and steadier (no OpenMP spin-waits on a busy machine)."""
-    with single_thread():
-        yield
 
 
 

@@ -9,16 +9,13 @@ import torch
 from llm_bridge.data.conversation import build_prompt, pad_batch, tokenize_conversation, with_image
 from llm_bridge.generation import seg_states_teacher_forced
 from llm_bridge.model import ContextLengthError, MaskCountError, MissingPixelEmbeddingError
-from llm_bridge.testing import ForcedAnswer, single_thread, tiny_bridge, tiny_llm_dir
+from llm_bridge.testing import ForcedAnswer, tiny_bridge, tiny_llm_dir
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster, steadier
 
 TWO_SEG = "The cat is [SEG] and the dog is [SEG]."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one torch thread is faster and steadier (no OpenMP spin-waits on a busy machine)."""
-    with single_thread():
-        yield
 
 
 

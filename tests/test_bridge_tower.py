@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from glee import GleeConfig, GleeModel
-from llm_bridge.testing import single_thread, tiny_tokenizer
+from llm_bridge.testing import tiny_tokenizer
 from llm_bridge.tower import (
     GleeFeatureExtractor,
     GleeImageProcessor,
@@ -25,12 +25,9 @@ from llm_bridge.tower import (
     tower_name,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster, steadier
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one torch thread is faster and steadier (no OpenMP spin-waits on a busy machine)."""
-    with single_thread():
-        yield
+
 
 
 

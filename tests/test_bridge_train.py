@@ -10,15 +10,12 @@ import torch
 from llm_bridge.data import BridgeCollator, HybridDataset, ReasonSegDataset, ReferSegDataset, build_sem_seg
 from llm_bridge.lora import LoraSettings
 from llm_bridge.model import ReasonSegModel
-from llm_bridge.testing import single_thread, tiny_bridge, tiny_llm_dir, write_lisa_fixture
+from llm_bridge.testing import tiny_bridge, tiny_llm_dir, write_lisa_fixture
 from llm_bridge.train import CONFIG_DIR, BridgeTrainer, TrainConfig, main, warmup_decay
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster, steadier
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one torch thread is faster and steadier (no OpenMP spin-waits on a busy machine)."""
-    with single_thread():
-        yield
+
 
 
 

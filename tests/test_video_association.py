@@ -19,16 +19,11 @@ from glee.modeling.glee_model import GleeOutput
 from glee.video import MinVISAssociator, VideoTracker, match_embeddings
 from glee.video import tracker as tracker_module
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster, steadier
+
 H, W = 64, 96
 COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than it saves, and a busy machine makes it much worse."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 

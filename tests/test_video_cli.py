@@ -7,22 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from glee.cli import main as glee_main
 from glee.video import VideoWriter, open_video, read_mot
 
 pytest.importorskip("imageio_ffmpeg")
-pytestmark = pytest.mark.filterwarnings("ignore:'tiny' is a preset name")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:'tiny' is a preset name")]
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than it saves, and a busy machine makes it much worse."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 

@@ -11,15 +11,10 @@ from glee.inference.preprocess import PreprocessConfig, prepare_batch, resize_pr
 from glee.inference.prompts import VisualPrompt
 from glee.video import ObjectTracker, ReferringTracker, segment_expression, segment_objects, track_click
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster, steadier
+
 PRE = PreprocessConfig(short_side=48)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than it saves, and a busy machine makes it much worse."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 
