@@ -90,18 +90,10 @@ class SampleMapper:
                 anns, masks = [anns[i] for i in keep], masks[keep]
         elif has_masks:
             masks = decode_all(anns, h, w)
-        expression = None
-        allow_crop = True
-        if task in GROUNDING_TASKS:
-            exprs = record.get("expressions") or []
-            if not exprs:
-                stats.add("image_without_expression", record.get("image_id"))
-                return None
-            allow_crop = not has_ordinal(exprs)
-            expression = clean_expression(exprs[rng.randrange(len(exprs))])
-        ops = sample_ops(h, w, self.aug, rng, allow_crop=allow_crop)
-        if expression is not None and has_flip(ops):
-            expression = flip_expression(expression)
+        sampled = self._expression_and_ops(record, task, h, w, rng, stats, "image")
+        if sampled is None:
+            return None
+        expression, ops = sampled
         out_image = apply_image(image, ops, self.aug.pad_value)
         boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         classes = np.asarray([a["category_id"] for a in anns], dtype=np.int64)
@@ -130,24 +122,35 @@ class SampleMapper:
             "file_name": record["file_name"],
         }
 
-    # ------------------------------------------------------------------ videos
-    def _video(
-        self, record: dict[str, Any], task: str, has_masks: bool, rng: random.Random, stats: SkipStats
-    ) -> dict[str, Any] | None:
-        frames = sample_clip(record, self.clip_frames, self.frame_range, rng)
-        h, w = record["height"], record["width"]
+    def _expression_and_ops(self, record: dict[str, Any], task: str, h: int, w: int, rng: random.Random,
+                            stats: SkipStats, kind: str) -> tuple[str | None, Any] | None:
+        """(expression or None, augmentation ops) of an image or video record; None (counted) when a grounding
+        record has no expression.  Crops are off for ordinal expressions ("second from left"), and a flip
+        swaps left/right in the expression."""
         expression = None
         allow_crop = True
         if task in GROUNDING_TASKS:
             exprs = record.get("expressions") or []
             if not exprs:
-                stats.add("video_without_expression", record.get("video_id"))
+                stats.add(f"{kind}_without_expression", record.get(f"{kind}_id"))
                 return None
             allow_crop = not has_ordinal(exprs)
             expression = clean_expression(exprs[rng.randrange(len(exprs))])
         ops = sample_ops(h, w, self.aug, rng, allow_crop=allow_crop)
         if expression is not None and has_flip(ops):
             expression = flip_expression(expression)
+        return expression, ops
+
+    # ------------------------------------------------------------------ videos
+    def _video(
+        self, record: dict[str, Any], task: str, has_masks: bool, rng: random.Random, stats: SkipStats
+    ) -> dict[str, Any] | None:
+        frames = sample_clip(record, self.clip_frames, self.frame_range, rng)
+        h, w = record["height"], record["width"]
+        sampled = self._expression_and_ops(record, task, h, w, rng, stats, "video")
+        if sampled is None:
+            return None
+        expression, ops = sampled
         images, per_frame = [], []
         for f in frames:
             image = self._read(record["file_names"][f], record, stats)
