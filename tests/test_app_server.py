@@ -166,24 +166,29 @@ def test_unsupported_files_get_clear_errors(server: RunningServer, tmp_path: Pat
     assert status == 415 and "application/json" in body["error"]
 
 
-def test_queue_runs_one_model_at_a_time(server: RunningServer, image_id: str) -> None:
-    """Two requests at once: both answered, the second after the first (never two forwards together)."""
-    call(server, "/api/image", {"image": image_id, "classes": "cup"})  # load the model and warm up first
-    SlowGlee.max_active = 0
-    SlowGlee.delay = 0.4
+def _image_requests_at_once(server: RunningServer, bodies: list[dict[str, Any]],
+                            delay: float) -> list[tuple[int, dict[str, Any]]]:
+    """POST every body to /api/image from its own thread while each forward takes ``delay`` s."""
+    SlowGlee.delay = delay
     results: list[tuple[int, dict[str, Any]]] = []
-
-    def request(classes: str) -> None:
-        results.append(call(server, "/api/image", {"image": image_id, "classes": classes, "threshold": 0}))
-
     try:
-        threads = [threading.Thread(target=request, args=(c,)) for c in ("cup, plate", "dog")]
+        threads = [threading.Thread(target=lambda b=b: results.append(call(server, "/api/image", b)))
+                   for b in bodies]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
     finally:
         SlowGlee.delay = 0.0
+    return results
+
+
+def test_queue_runs_one_model_at_a_time(server: RunningServer, image_id: str) -> None:
+    """Two requests at once: both answered, the second after the first (never two forwards together)."""
+    call(server, "/api/image", {"image": image_id, "classes": "cup"})  # load the model and warm up first
+    SlowGlee.max_active = 0
+    results = _image_requests_at_once(server, [{"image": image_id, "classes": c, "threshold": 0}
+                                               for c in ("cup, plate", "dog")], delay=0.4)
     assert [s for s, _ in results] == [200, 200], results
     assert SlowGlee.max_active == 1
     first, second = sorted((r["queue"] for _, r in results), key=lambda q: q["started"])
@@ -192,17 +197,7 @@ def test_queue_runs_one_model_at_a_time(server: RunningServer, image_id: str) ->
 
 
 def test_a_full_queue_is_refused_politely(server: RunningServer, image_id: str) -> None:
-    SlowGlee.delay = 0.5
-    results: list[tuple[int, dict[str, Any]]] = []
-    try:
-        threads = [threading.Thread(target=lambda: results.append(
-            call(server, "/api/image", {"image": image_id, "classes": "cup"}))) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        SlowGlee.delay = 0.0
+    results = _image_requests_at_once(server, [{"image": image_id, "classes": "cup"}] * 4, delay=0.5)
     statuses = sorted(s for s, _ in results)
     assert statuses in ([200, 200, 503, 503], [200, 200, 200, 503]), statuses  # max_queue=2 waiting + 1 running
     busy = [b for s, b in results if s == 503]
