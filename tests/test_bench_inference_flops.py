@@ -29,3 +29,28 @@ def test_fused_linear_flops_are_counted_like_linear():
         plain = bench.count_flops(lambda: torch.nn.functional.linear(x, w, b))
     assert plain == 2 * 100 * 256 * 384 / 1e9
     assert fused == plain
+
+
+def test_bench_runs_timing_then_memory_calls(tmp_path, capsys):
+    """The whole benchmark on the tiny preset: fast equals reference, memory comes from its own calls."""
+    import json
+
+    bench = _bench_module()
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--preset", "tiny", "--size", "64", "--repeats", "1", "--threads", "1",
+                           "--no-teacher", "--no-flops", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert printed.index("round 1/1") < printed.index("memory (separate calls")
+    results = json.loads(out.read_text())
+    for task in ("det", "grounding"):
+        modes = results["tasks"][task]
+        assert modes["fast"]["parity_excess"] <= 0
+        assert len(modes["fast"]["repeat"]) == 2 and len(modes["fast"]["first"]) == 1
+        assert len(modes["reference"]["memory_extra_mib"]) == 1
+        assert len(modes["fast"]["memory_extra_mib"]) == 2  # first (text cache cleared) and repeated
+        assert len(modes["fast_bf16"]["memory_extra_mib"]) == 1
+        assert all(m >= 0 for m in modes["reference"]["memory_extra_mib"])

@@ -199,6 +199,22 @@ def test_folded_frozen_batchnorm_conv_equals_conv_then_norm():
         torch.testing.assert_close(fast, conv(x), atol=1e-5, rtol=1e-5)
 
 
+def test_groupnorm_conv_in_bf16_mode_stays_bf16_and_close_to_float32():
+    torch.manual_seed(0)
+    conv = ConvNorm(8, 64, 3, padding=1, norm=torch.nn.GroupNorm(32, 64), relu=True).eval()
+    torch.nn.init.normal_(conv.norm.weight)
+    torch.nn.init.normal_(conv.norm.bias)
+    x = torch.randn(1, 8, 20, 24).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = conv(x)
+        conv.fast_inference = True
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = conv(x)
+        conv.fast_inference = False
+    assert fast.dtype == torch.bfloat16  # no round trip through float32
+    torch.testing.assert_close(fast.float(), ref, atol=0.06, rtol=0.02)
+
+
 def test_dropping_prompt_padding_leaves_decoder_outputs_unchanged():
     torch.manual_seed(0)
     layer = DecoderLayer(32, 64, n_levels=2, n_heads=4, n_points=2).eval()
@@ -262,6 +278,28 @@ def test_fused_linear_equals_linear_and_keeps_autograd(relu):
     out = fused_linear(x, w, b, relu=relu)
     out.sum().backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_linear_under_bf16_autocast_matches_autocast_linear_and_sees_weight_updates(relu):
+    from glee.modeling.layers import _onednn_linear_usable
+
+    if not _onednn_linear_usable(torch.bfloat16):
+        pytest.skip("oneDNN bf16 linear not available on this CPU")
+    gen = torch.Generator().manual_seed(4)
+    x, w, b = (torch.randn(*shape, generator=gen) for shape in ((2, 50, 256), (96, 256), (96,)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torch.nn.functional.linear(x, w, b)
+        expected = expected.relu() if relu else expected
+        out = fused_linear(x, w, b, relu=relu)
+        assert out.dtype == torch.bfloat16
+        # same bf16 operands and float32 accumulation: equal up to one bf16 rounding of the output
+        torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=8e-3)
+        w.mul_(2.0)  # an in-place update must not be served from the cached bf16 copy
+        doubled = torch.nn.functional.linear(x, w, b)
+        doubled = doubled.relu() if relu else doubled
+        torch.testing.assert_close(fused_linear(x, w, b, relu=relu).float(), doubled.float(), atol=4e-2,
+                                   rtol=8e-3)
 
 
 def test_single_threaded_restores_the_thread_count():

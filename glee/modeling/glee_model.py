@@ -443,9 +443,9 @@ class GleeModel(nn.Module):
         decoder_context = contextlib.nullcontext()
         if self._fast() and torch.is_autocast_enabled(padded.device.type):
             # bf16 mode: the object decoder (300 queries, small GEMMs) stays float32 -- cheap, and it keeps the
-            # two-stage top-k and the heads precise
+            # two-stage top-k and the heads precise -- except its largest product, the masks, which takes the
+            # bf16 pixel embedding as it is (see ObjectDecoder.prediction_heads)
             decoder_context = torch.autocast(padded.device.type, enabled=False)
-            mask_features = mask_features.float()
         with decoder_context:
             out = self.predictor(pix.multi_scale_features, mask_features, prompt, denoising, all_layer_masks)
         if out.dn_outputs is not None:

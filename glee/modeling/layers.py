@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,6 +75,14 @@ class ConvNorm(nn.Conv2d):
             weight, bias = self._folded(dtype)
             x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
             return F.relu_(x) if self.relu else x
+        if (self.fast_inference and not self.training and isinstance(self.norm, nn.GroupNorm)
+                and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not torch.is_grad_enabled()):
+            # bf16 mode: GroupNorm on the conv's bf16 output (float32 statistics inside the kernel) instead of
+            # autocast's round trip through float32: two fewer passes over a stride-4 map
+            x = super().forward(x)
+            with torch.autocast("cpu", enabled=False):
+                x = F.group_norm(x, self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps)
+            return F.relu_(x) if self.relu else x
         x = super().forward(x)
         if self.norm is not None:
             x = self.norm(x)
@@ -109,35 +119,69 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
-_ONEDNN_LINEAR: dict[str, bool] = {}
+_ONEDNN_LINEAR: dict[torch.dtype, bool] = {}
 
 
-def _onednn_linear_usable() -> bool:
-    """oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``) exists and agrees with ``F.linear``."""
-    if "ok" not in _ONEDNN_LINEAR:
+def _onednn_linear_usable(dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``) exists for ``dtype`` and agrees with
+    ``F.linear`` (float32: to 1e-5; bfloat16: to bfloat16 rounding of the float32 product)."""
+    if dtype not in _ONEDNN_LINEAR:
         ok = False
         if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
             try:
                 gen = torch.Generator().manual_seed(0)
                 x, w, b = (torch.randn(*s, generator=gen) for s in ((37, 24), (19, 24), (19,)))
-                out = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
-                ok = torch.allclose(out, F.relu(F.linear(x, w, b)), atol=1e-5, rtol=1e-5)
+                with torch.autocast("cpu", enabled=False):  # the first call may come from inside autocast
+                    out = torch.ops.mkldnn._linear_pointwise(x.to(dtype), w.to(dtype), b.to(dtype), "relu", [], "")
+                    expected = F.relu(F.linear(x.to(dtype).float(), w.to(dtype).float(), b.to(dtype).float()))
+                tol = 1e-5 if dtype == torch.float32 else 2e-2
+                ok = out.dtype == dtype and torch.allclose(out.float(), expected, atol=tol, rtol=tol)
             except RuntimeError:
                 ok = False
-        _ONEDNN_LINEAR["ok"] = ok
-    return _ONEDNN_LINEAR["ok"]
+        _ONEDNN_LINEAR[dtype] = ok
+    return _ONEDNN_LINEAR[dtype]
+
+
+# id(weight) -> (weakref to the weight, (data_ptr, version) of weight and bias, low-precision weight, bias)
+_LOW_PRECISION: dict[int, tuple[weakref.ref, tuple, Tensor, Tensor | None]] = {}
+
+
+def _low_precision_copy(weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """``weight`` and ``bias`` in ``dtype``, cast once and kept until the weight is changed or freed (autocast
+    would cast them again on every call: for the encoder that is a copy of each weight per token chunk)."""
+    key = id(weight)
+    # inference tensors (e.g. weights derived inside inference mode) have no version counter
+    state = tuple(None if t is None else (t.data_ptr(), -1 if t.is_inference() else t._version)
+                  for t in (weight, bias))
+    cached = _LOW_PRECISION.get(key)
+    if cached is not None and cached[0]() is weight and cached[1] == state and cached[2].dtype == dtype:
+        return cached[2], cached[3]
+    low_weight = weight.detach().to(dtype)
+    low_bias = None if bias is None else bias.detach().to(dtype)
+    ref = weakref.ref(weight, lambda _, key=key: _LOW_PRECISION.pop(key, None))
+    _LOW_PRECISION[key] = (ref, state, low_weight, low_bias)
+    return low_weight, low_bias
 
 
 def fused_linear(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Tensor:
     """``F.linear`` (+ ReLU) for the fast inference path.
 
-    On CPU in float32 without autograd it runs oneDNN's linear with the bias and ReLU in the GEMM's epilogue
+    On CPU without autograd it runs oneDNN's linear with the bias and ReLU in the GEMM's epilogue
     (``torch.ops.mkldnn._linear_pointwise``): no extra passes over the output, about 10-35% faster than
-    ``addmm`` + ``relu`` for the encoder's K=256 shapes.  Elsewhere, or if that op is missing, plain ``F.linear``.
+    ``addmm`` + ``relu`` for the encoder's K=256 shapes.  In float32 that is exact up to summation order; under
+    bfloat16 autocast it computes what autocast's ``F.linear`` computes (bf16 operands, float32 accumulation,
+    bf16 output) with the weight cast once instead of per call.  Elsewhere, or if the op is missing,
+    plain ``F.linear``.
     """
-    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and _onednn_linear_usable()):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+    if x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        if torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+            if (dtype == torch.bfloat16 and x.dtype in (torch.float32, dtype) and weight.dtype == torch.float32
+                    and _onednn_linear_usable(dtype)):
+                low_weight, low_bias = _low_precision_copy(weight, bias, dtype)
+                return torch.ops.mkldnn._linear_pointwise(x.to(dtype), low_weight, low_bias,
+                                                          "relu" if relu else "none", [], "")
+        elif x.dtype == weight.dtype == torch.float32 and _onednn_linear_usable():
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
     out = F.linear(x, weight, bias)
     return F.relu(out) if relu else out

@@ -99,6 +99,8 @@ class MultiScaleDeformableAttention(nn.Module):
     def project_value(self, value_input: Tensor) -> Tensor:
         """[N, S, C] -> per-head values [N, S, M, C / M] (split out so that query chunks can share it)."""
         n, s, _ = value_input.shape
+        if self.fast_kernel is not None and not self.training:  # bias in the GEMM epilogue (no bias copy)
+            return fused_linear(value_input, self.value_proj.weight, self.value_proj.bias).view(n, s, self.n_heads, -1)
         return self.value_proj(value_input).view(n, s, self.n_heads, -1)
 
     def attend(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glee.config import GleeConfig
-from glee.modeling.layers import MLP, inverse_sigmoid
+from glee.modeling.layers import MLP, fused_linear, inverse_sigmoid
 from glee.modeling.ms_deform_attn import MultiScaleDeformableAttention
 from glee.modeling.position_encoding import box_sine_embedding
 from glee.modeling.threads import single_threaded
@@ -248,7 +248,18 @@ class ObjectDecoder(nn.Module):
             logits = torch.einsum("bqc,nc->bqn", class_embed, prompt.class_embeddings)
         masks = None
         if with_masks:
-            masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(z), mask_features)
+            # bf16 mode hands over bf16 pixel embeddings: the product (the decoder's largest) runs in bf16 with
+            # float32 accumulation, the mask logits come back float32; float32 inputs: a plain float32 product
+            embed = self.mask_embed(z).to(mask_features.dtype)
+            b, c, h, w = mask_features.shape
+            if mask_features.is_contiguous(memory_format=torch.channels_last) and c > 1:
+                # channels-last (fast path) pixel embedding: [B, h*w, C] is a view, so the product reads it as
+                # it is instead of einsum's contiguous copy of the whole map
+                flat = mask_features.permute(0, 2, 3, 1).reshape(b, h * w, c)
+                masks = torch.bmm(embed, flat.transpose(1, 2)).view(b, -1, h, w)
+            else:
+                masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+            masks = masks.float()
         return scores, logits, masks
 
     # ------------------------------------------------------------------ forward
@@ -274,7 +285,10 @@ class ObjectDecoder(nn.Module):
 
         # two-stage query selection
         output_memory, proposals = self.encoder_proposals(memory, shapes)
-        output_memory = self.enc_output_norm(self.enc_output(output_memory))
+        fast = self.fast_inference and not self.training
+        projected = (fused_linear(output_memory, self.enc_output.weight, self.enc_output.bias) if fast
+                     else self.enc_output(output_memory))
+        output_memory = self.enc_output_norm(projected)
         if prompt.grounding_class is not None:
             token_scores = torch.einsum("bqc,bc->bq", output_memory @ self.category_embed, prompt.grounding_class)
         elif prompt.visual_prompt:
@@ -285,7 +299,6 @@ class ObjectDecoder(nn.Module):
             ).max(-1)[0]
         topk = torch.topk(token_scores, self.num_queries, dim=1)[1]
         tgt_undetached = torch.gather(output_memory, 1, topk.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1]))
-        fast = self.fast_inference and not self.training
         if fast:  # the box MLP is row-wise: run it on the Q selected tokens instead of all S
             refpoints_undetached = self.bbox_embed(tgt_undetached) + torch.gather(
                 proposals, 1, topk.unsqueeze(-1).expand(-1, -1, 4)
