@@ -199,6 +199,31 @@ def test_folded_frozen_batchnorm_conv_equals_conv_then_norm():
         torch.testing.assert_close(fast, conv(x), atol=1e-5, rtol=1e-5)
 
 
+def test_conv_add_relu_equals_conv_then_add_then_relu():
+    """A ResNet block's last convolution + shortcut + ReLU (fused into oneDNN's convolution on the fast path)."""
+    torch.manual_seed(0)
+    conv = ConvNorm(16, 32, 1, norm=FrozenBatchNorm2d(32)).eval()
+    for name in ("weight", "bias", "running_mean"):
+        getattr(conv.norm, name).normal_()
+    x = torch.randn(1, 16, 9, 14).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(1, 32, 9, 14).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = torch.relu(conv(x) + residual)
+        conv.fast_inference = True
+        torch.testing.assert_close(conv.add_relu(x, residual), expected, atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = conv.add_relu(x.bfloat16(), residual.bfloat16())
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), expected, atol=0.1, rtol=0.02)
+        conv.fast_inference = False
+        torch.testing.assert_close(conv.add_relu(x, residual), expected)
+    conv.fast_inference = True
+    conv.train()  # training: plain ops, differentiable
+    conv.weight.requires_grad_(True)
+    conv.add_relu(x, residual).sum().backward()
+    assert conv.weight.grad is not None
+
+
 def test_groupnorm_conv_in_bf16_mode_stays_bf16_and_close_to_float32():
     torch.manual_seed(0)
     conv = ConvNorm(8, 64, 3, padding=1, norm=torch.nn.GroupNorm(32, 64), relu=True).eval()

@@ -32,7 +32,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = self.shortcut(x) if self.shortcut is not None else x
-        return F.relu(self.conv3(self.conv2(self.conv1(x))) + identity)
+        return self.conv3.add_relu(self.conv2(self.conv1(x)), identity)
 
 
 class Stem(nn.Module):
