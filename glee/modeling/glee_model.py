@@ -441,13 +441,17 @@ class GleeModel(nn.Module):
             extra["prompt_padding"] = prompt.prompt_padding
         mask_features = pix.mask_features
         decoder_context = contextlib.nullcontext()
+        value_dtype = None
         if self._fast() and torch.is_autocast_enabled(padded.device.type):
             # bf16 mode: the object decoder (300 queries, small GEMMs) stays float32 -- cheap, and it keeps the
             # two-stage top-k and the heads precise -- except its largest product, the masks, which takes the
-            # bf16 pixel embedding as it is (see ObjectDecoder.prediction_heads)
+            # bf16 pixel embedding as it is (see ObjectDecoder.prediction_heads), and the per-layer value
+            # projections of the memory, which it computes in bf16
             decoder_context = torch.autocast(padded.device.type, enabled=False)
+            value_dtype = torch.get_autocast_dtype(padded.device.type)
         with decoder_context:
-            out = self.predictor(pix.multi_scale_features, mask_features, prompt, denoising, all_layer_masks)
+            out = self.predictor(pix.multi_scale_features, mask_features, prompt, denoising, all_layer_masks,
+                                 value_dtype=value_dtype)
         if out.dn_outputs is not None:
             extra["dn_outputs"] = out.dn_outputs
         return GleeOutput(

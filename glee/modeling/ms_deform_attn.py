@@ -111,7 +111,7 @@ class MultiScaleDeformableAttention(nn.Module):
         if fast and hasattr(self.fast_kernel, "attend"):  # fused projection + softmax + sampling, if applicable
             sampled = self.fast_kernel.attend(self, query, reference_points, value, spatial_shapes)
             if sampled is not None:
-                return fused_linear(sampled, self.output_proj.weight, self.output_proj.bias)
+                return fused_linear(self._output_dtype(sampled), self.output_proj.weight, self.output_proj.bias)
         n, lq, _ = query.shape
         offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
@@ -130,4 +130,11 @@ class MultiScaleDeformableAttention(nn.Module):
         # by GleeModel's fast inference modes and used only in eval mode
         kernel = self.fast_kernel if fast else self.kernel
         out = kernel(value, spatial_shapes, locations, weights)
-        return self.output_proj(out)
+        return self.output_proj(self._output_dtype(out))
+
+    def _output_dtype(self, sampled: Tensor) -> Tensor:
+        """Sampled values come back in the values' dtype: bf16 values (the bf16 decoder's value projection)
+        under a float32 query stream go back to float32 for ``output_proj`` (autocast, if on, casts itself)."""
+        if sampled.dtype != self.output_proj.weight.dtype and not torch.is_autocast_enabled(sampled.device.type):
+            return sampled.to(self.output_proj.weight.dtype)
+        return sampled

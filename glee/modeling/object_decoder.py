@@ -270,6 +270,7 @@ class ObjectDecoder(nn.Module):
         prompt: DecoderPrompt,
         denoising: DenoisingQueries | None = None,
         all_layer_masks: bool = False,
+        value_dtype: torch.dtype | None = None,
     ) -> DecoderOutput:
         """
         Args:
@@ -278,6 +279,8 @@ class ObjectDecoder(nn.Module):
             prompt: class embeddings or grounding class, and decoder prompt tokens.
             denoising: DN queries (training).
             all_layer_masks: compute masks for every prediction set (training) instead of only the last.
+            value_dtype: fast CPU path: the dtype of the per-layer value projection of the memory (bf16 mode
+                passes bfloat16: the decoder's largest GEMMs; queries, boxes and scores stay float32).
         """
         levels = multi_scale_features[::-1]  # memory level 0 = stride 64 (official order)
         shapes = [(f.shape[2], f.shape[3]) for f in levels]
@@ -346,7 +349,10 @@ class ObjectDecoder(nn.Module):
                 p_tokens = p_pad = None
             # fast CPU path: the value projection over all S memory tokens is the one large op of a layer;
             # the rest (Nq queries) is many small ops, run single-threaded (no thread join per op)
-            value = layer.cross_attn.project_value(memory) if small_ops_alone else None
+            value = None
+            if small_ops_alone:
+                with torch.autocast("cpu", dtype=value_dtype or torch.bfloat16, enabled=value_dtype is not None):
+                    value = layer.cross_attn.project_value(memory)
             with single_threaded(small_ops_alone):
                 output = layer(output, query_pos, ref_input, memory_t, shapes, attn_mask, p_tokens, p_pad, value)
                 # refinement uses the raw (un-normalised) output; the reported boxes use the normalised one
