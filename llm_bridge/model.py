@@ -590,6 +590,7 @@ class ReasonSegModel(nn.Module):
         quantization: str | None = None,
         is_trainable: bool = False,
         base_llm: str | Path | None = None,
+        glee: str | Path | GleeModel | None = None,
     ) -> ReasonSegModel:
         """Load a folder written by :meth:`save_pretrained`.
 
@@ -598,6 +599,8 @@ class ReasonSegModel(nn.Module):
             quantization: None, "4bit" or "8bit" (bitsandbytes) for the LM.
             is_trainable: keep a LoRA adapter trainable (to resume training).
             base_llm: override ``config.llm`` as the base of an adapter folder.
+            glee: a GLEE (``save_pretrained`` folder or model) to use instead of the folder's own, e.g. to
+                continue training the bridge on a retrained tower; it must have the same architecture.
         """
         from safetensors.torch import load_file
 
@@ -611,7 +614,13 @@ class ReasonSegModel(nn.Module):
             raise ValueError(f"{manifest_file}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
         config = BridgeConfig.from_dict(manifest["config"])
         reference = manifest.get("glee_reference")
-        if reference is None:
+        if glee is not None:
+            glee_model = load_glee(glee)
+            if glee_model.cfg.to_dict() != config.glee_config.to_dict():
+                raise ValueError(f"the GLEE given to replace {folder}'s tower has a different architecture "
+                                 "(GleeConfig differs); a bridge's projector and [SEG] projection only fit the "
+                                 "architecture it was trained on")
+        elif reference is None:
             glee_model = GleeModel.from_pretrained(folder / "glee")
         else:
             glee_folder = resolve_glee_reference(reference["source"])

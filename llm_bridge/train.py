@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llm_bridge.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--output-dir", required=True)
     p.add_argument("--llm", default="smollm2", help="'smollm2' or a local transformers causal-LM folder")
-    p.add_argument("--glee", required=False, help="GLEE save_pretrained folder (or a preset name: random weights)")
+    p.add_argument("--glee", required=False, help="GLEE save_pretrained folder (or a preset name: random weights); "
+                   "with --resume-bridge: replaces the bridge's own tower (same architecture)")
     p.add_argument("--resume-bridge", help="continue from a saved bridge folder (adapter form)")
     p.add_argument("--image-size", type=int, default=1024)
     p.add_argument("--pooled-tokens", type=int, default=0, help="g: g*g pooled pixel tokens after the queries")
@@ -424,7 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("4/8-bit (QLoRA) training runs with the plain PyTorch loop; drop --deepspeed")
     torch.manual_seed(args.seed)
     if args.resume_bridge:
-        model = ReasonSegModel.from_pretrained(args.resume_bridge, quantization=quantization, is_trainable=True)
+        # with --glee: continue on that tower (e.g. a retrained GLEE) instead of the bridge's own
+        model = ReasonSegModel.from_pretrained(args.resume_bridge, quantization=quantization, is_trainable=True,
+                                               glee=args.glee)
     else:
         if not args.glee:
             raise SystemExit("--glee is required: a GLEE save_pretrained folder (or a preset name for a smoke run)")

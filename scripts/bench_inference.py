@@ -424,14 +424,26 @@ def _linear_pointwise_flops(input_shape: Any, weight_shape: Any, *args: Any, out
     return 2 * rows * weight_shape[1] * weight_shape[0]  # weight [out, in]
 
 
+def _convolution_pointwise_flops(x_shape: Any, second: Any, third: Any, *args: Any, out_shape: Any = None,
+                                 **kwargs: Any) -> int:
+    """Both overloads: ``(X, W, B, ...)`` and ``.binary(X, other, W, B, ...)`` (the counter keys by op packet)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    w_shape = third if third is not None and len(third) == len(x_shape) else second
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=False)
+
+
 def count_flops(fn: Callable[[], Any]) -> float:
     """GFLOPs of matrix products, convolutions and attention in ``fn`` (PyTorch's FLOP counter), including the
-    fast path's oneDNN fused linears (``mkldnn._linear_pointwise``), which the counter does not know."""
+    fast path's oneDNN fused ops -- linears (``mkldnn._linear_pointwise``) and convolutions with an add + ReLU
+    post-op (``mkldnn._convolution_pointwise.binary``) -- which the counter does not know."""
     from torch.utils.flop_counter import FlopCounterMode
 
     custom = {}
     if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         custom[torch.ops.mkldnn._linear_pointwise] = _linear_pointwise_flops
+    if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        custom[torch.ops.mkldnn._convolution_pointwise] = _convolution_pointwise_flops
     counter = FlopCounterMode(display=False, custom_mapping=custom)
     with counter:
         fn()

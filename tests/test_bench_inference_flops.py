@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from glee.modeling.layers import fused_linear
+from glee.modeling.layers import ConvNorm, FrozenBatchNorm2d, fused_linear
 
 
 def _bench_module():
@@ -28,6 +28,20 @@ def test_fused_linear_flops_are_counted_like_linear():
         fused = bench.count_flops(lambda: fused_linear(x, w, b, relu=True))
         plain = bench.count_flops(lambda: torch.nn.functional.linear(x, w, b))
     assert plain == 2 * 100 * 256 * 384 / 1e9
+    assert fused == plain
+
+
+def test_fused_conv_add_relu_flops_are_counted_like_conv():
+    bench = _bench_module()
+    conv = ConvNorm(16, 32, 3, padding=1, norm=FrozenBatchNorm2d(32)).eval()
+    x = torch.randn(1, 16, 12, 10).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(1, 32, 12, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        plain = bench.count_flops(lambda: conv(x))
+        conv.fast_inference = True
+        conv.add_relu(x, residual)  # first call probes oneDNN
+        fused = bench.count_flops(lambda: conv.add_relu(x, residual))
+    assert plain == 2 * 32 * 12 * 10 * 16 * 9 / 1e9
     assert fused == plain
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from glee.modeling.glee_model import GleeModel
 from llm_bridge.data.conversation import pad_batch, tokenize_conversation, with_image
 from llm_bridge.lora import LoraSettings, apply_lora, count_parameters, trainable_parameters
 from llm_bridge.model import ReasonSegModel, build_bridge
@@ -139,3 +141,21 @@ def test_bridge_can_reference_a_packaged_glee_instead_of_copying_it(tmp_path, mo
         other.save_pretrained(tmp_path / "other", glee_reference="shipped_glee:assets/g")
     with pytest.raises(ValueError, match="expected '<package>:<folder>'"):
         model.save_pretrained(tmp_path / "bad", glee_reference="assets/g")
+
+
+def test_a_saved_bridge_can_continue_on_another_glee(tmp_path):
+    model = tiny_bridge(tiny_llm_dir(tie=True))
+    apply_lora(model, LoraSettings(dropout=0.0))
+    model.eval().save_pretrained(tmp_path / "bridge")
+    retrained = tiny_bridge(tiny_llm_dir(tie=True), seed=1).tower.glee  # same architecture, other weights
+    retrained.save_pretrained(tmp_path / "retrained")
+    loaded = ReasonSegModel.from_pretrained(tmp_path / "bridge", glee=tmp_path / "retrained")
+    own = ReasonSegModel.from_pretrained(tmp_path / "bridge")
+    for key, value in retrained.state_dict().items():
+        assert torch.equal(loaded.tower.glee.state_dict()[key], value)
+    changed = [k for k, v in own.tower.glee.state_dict().items() if not torch.equal(v, retrained.state_dict()[k])]
+    assert changed  # the override really replaced the tower
+    torch.testing.assert_close(loaded.mm_projector.state_dict(), own.mm_projector.state_dict())  # rest unchanged
+    other_arch = GleeModel(dataclasses.replace(retrained.cfg, num_queries=retrained.cfg.num_queries + 1))
+    with pytest.raises(ValueError, match="different architecture"):
+        ReasonSegModel.from_pretrained(tmp_path / "bridge", glee=other_arch)

@@ -205,6 +205,19 @@ def test_bundled_recipes_reproduce_the_official_schedules() -> None:
         TrainConfig.load(CONFIG_DIR / "lite_stage1.yaml", ["solver.lr=1"])
 
 
+def test_nano_recipe_stages_chain_their_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundled default model's four stages: each starts from the previous stage's exported model."""
+    for name in ("SHAPESWORLD", "NANO_STAGE1", "NANO_STAGE2", "NANO_STAGE3"):
+        monkeypatch.delenv(name, raising=False)
+    names = ["shapesworld_nano", "shapesworld_nano_cont", "shapesworld_nano_stage3", "shapesworld_nano_stage4"]
+    stages = [TrainConfig.load(CONFIG_DIR / f"{n}.yaml") for n in names]
+    assert stages[0].model.weights is None and stages[0].model.scratch_init
+    for previous, stage in zip(stages, stages[1:]):
+        assert Path(stage.model.weights) == previous.output_dir / "model"
+        assert stage.model.preset == "nano" and stage.datasets == previous.datasets
+    assert [s.solver.max_iter for s in stages] == [700, 1100, 1000, 600]
+
+
 def test_every_task_path_trains(monkeypatch: pytest.MonkeyPatch) -> None:
     """Category + visual prompt + distillation, grounding, a video clip (track loss), and batches whose objects
     were all cropped away: finite losses, and gradients where each path must send them."""
