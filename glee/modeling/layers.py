@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -141,52 +142,52 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
-_ONEDNN_CONV_ADD_RELU: dict[torch.dtype, bool] = {}
+_ONEDNN_PROBES: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _onednn_agrees(op: str, dtype: torch.dtype, tol: float, probe: Callable[[], tuple[Tensor, Tensor]]) -> bool:
+    """Whether ``torch.ops.mkldnn.<op>`` exists for ``dtype`` and agrees with the plain ops: ``probe()`` returns
+    (the op's output, the plain float32 result) on small inputs.  Probed once per (op, dtype)."""
+    key = (op, dtype)
+    if key not in _ONEDNN_PROBES:
+        ok = False
+        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, op):
+            try:
+                with torch.autocast("cpu", enabled=False):  # the first call may come from inside autocast
+                    out, expected = probe()
+                ok = out.dtype == dtype and torch.allclose(out.float(), expected, atol=tol, rtol=tol)
+            except RuntimeError:
+                ok = False
+        _ONEDNN_PROBES[key] = ok
+    return _ONEDNN_PROBES[key]
 
 
 def _onednn_conv_add_relu_usable(dtype: torch.dtype) -> bool:
     """oneDNN's convolution with an add + ReLU post-op exists for ``dtype`` and agrees with the plain ops."""
-    if dtype not in _ONEDNN_CONV_ADD_RELU:
-        ok = False
-        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
-            try:
-                gen = torch.Generator().manual_seed(0)
-                x, w, b = (torch.randn(*s, generator=gen).to(dtype) for s in ((1, 8, 5, 6), (16, 8, 3, 3), (16,)))
-                other = torch.randn(1, 16, 5, 6, generator=gen).to(dtype)
-                x, w, other = (t.contiguous(memory_format=torch.channels_last) for t in (x, w, other))
-                with torch.autocast("cpu", enabled=False):  # the first call may come from inside autocast
-                    out = torch.ops.mkldnn._convolution_pointwise.binary(
-                        x, other, w, b, [1, 1], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], "")
-                    expected = F.relu(F.conv2d(x.float(), w.float(), b.float(), padding=1) + other.float())
-                tol = 1e-4 if dtype == torch.float32 else 5e-2
-                ok = out.dtype == dtype and torch.allclose(out.float(), expected, atol=tol, rtol=tol)
-            except RuntimeError:
-                ok = False
-        _ONEDNN_CONV_ADD_RELU[dtype] = ok
-    return _ONEDNN_CONV_ADD_RELU[dtype]
 
+    def probe() -> tuple[Tensor, Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*s, generator=gen).to(dtype) for s in ((1, 8, 5, 6), (16, 8, 3, 3), (16,)))
+        other = torch.randn(1, 16, 5, 6, generator=gen).to(dtype)
+        x, w, other = (t.contiguous(memory_format=torch.channels_last) for t in (x, w, other))
+        out = torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, w, b, [1, 1], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], "")
+        return out, F.relu(F.conv2d(x.float(), w.float(), b.float(), padding=1) + other.float())
 
-_ONEDNN_LINEAR: dict[torch.dtype, bool] = {}
+    return _onednn_agrees("_convolution_pointwise", dtype, 1e-4 if dtype == torch.float32 else 5e-2, probe)
 
 
 def _onednn_linear_usable(dtype: torch.dtype = torch.float32) -> bool:
     """oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``) exists for ``dtype`` and agrees with
     ``F.linear`` (float32: to 1e-5; bfloat16: to bfloat16 rounding of the float32 product)."""
-    if dtype not in _ONEDNN_LINEAR:
-        ok = False
-        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-            try:
-                gen = torch.Generator().manual_seed(0)
-                x, w, b = (torch.randn(*s, generator=gen) for s in ((37, 24), (19, 24), (19,)))
-                with torch.autocast("cpu", enabled=False):  # the first call may come from inside autocast
-                    out = torch.ops.mkldnn._linear_pointwise(x.to(dtype), w.to(dtype), b.to(dtype), "relu", [], "")
-                    expected = F.relu(F.linear(x.to(dtype).float(), w.to(dtype).float(), b.to(dtype).float()))
-                tol = 1e-5 if dtype == torch.float32 else 2e-2
-                ok = out.dtype == dtype and torch.allclose(out.float(), expected, atol=tol, rtol=tol)
-            except RuntimeError:
-                ok = False
-        _ONEDNN_LINEAR[dtype] = ok
-    return _ONEDNN_LINEAR[dtype]
+
+    def probe() -> tuple[Tensor, Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*s, generator=gen).to(dtype) for s in ((37, 24), (19, 24), (19,)))
+        out = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
+        return out, F.relu(F.linear(x.float(), w.float(), b.float()))
+
+    return _onednn_agrees("_linear_pointwise", dtype, 1e-5 if dtype == torch.float32 else 2e-2, probe)
 
 
 # id(weight) -> (weakref to the weight, (data_ptr, version) of weight and bias, low-precision weight, bias)
