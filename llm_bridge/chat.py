@@ -145,7 +145,7 @@ class BridgeChat:
         pixel_values, original, resized = model.preprocess_images([array])
         out = model.generate(torch.tensor([ids]), pixel_values=pixel_values, max_new_tokens=max_new_tokens,
                              **generate_kwargs)
-        emb = model.project_seg(out.seg_states)
+        emb = model.project_seg(out.seg_states, out.visual, out.prepared.image_rows)
         logits = model.decode_masks(emb, out.visual, out.prepared.image_rows, 1, original, resized)[0]
         tokens = out.new_tokens(0)
         text = model.tokenizer.decode([t for t in tokens if t not in model.eos_token_ids], skip_special_tokens=True)

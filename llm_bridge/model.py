@@ -6,6 +6,8 @@ Data flow (B conversations, n images, N visual tokens, H the LM width, D GLEE's 
     tokens --projector (mlp2x_gelu)--> [n,N,H], spliced in place of each row's one <image> token
     LM (any transformers causal LM) --> last-layer hidden states [B,L,H]
     hidden state that predicts each [SEG] --seg_projection (H->H->D)--> e [D]
+        (or seg_head "query_pointer": attention over the image's object queries mixes GLEE's own query
+        mask embeddings into e; see QueryPointerProjection)
     mask logits = e . pixel_embeddings  -> upsample to S, crop the padding, resize to the original image
 
 ``[SEG]`` positions are found in the expanded sequence (never a fixed offset), so any number of visual
@@ -41,6 +43,7 @@ IMAGE_TOKEN = "<image>"
 CONFIG_FILE = "bridge_config.json"
 MODULES_FILE = "bridge_modules.safetensors"
 FORMAT = "glee-llm-bridge"
+SEG_HEADS = ("mlp", "query_pointer")
 
 
 class ContextLengthError(ValueError):
@@ -66,6 +69,9 @@ class BridgeConfig:
     prompt_categories: list[str] = field(default_factory=lambda: ["object"])  # GLEE's class-agnostic prompt
     freeze_tower: bool = True
     projector_type: str = "mlp2x_gelu"  # LLaVA names: linear, mlp<N>x_gelu
+    # [SEG] state -> mask embedding: "mlp" (LISA's text_hidden_fcs) or "query_pointer" (attention over GLEE's
+    # object queries that mixes their own mask embeddings; see QueryPointerProjection)
+    seg_head: str = "mlp"
     seg_token: str = SEG_TOKEN
     image_token: str = IMAGE_TOKEN
     model_max_length: int = 2048  # context budget (text + visual tokens); LISA used 512
@@ -77,6 +83,8 @@ class BridgeConfig:
     def __post_init__(self) -> None:
         if self.glee is None:
             self.glee = GleeConfig.preset("lite").to_dict()
+        if self.seg_head not in SEG_HEADS:
+            raise ValueError(f"unknown seg_head {self.seg_head!r}; use one of {SEG_HEADS}")
 
     @property
     def glee_config(self) -> GleeConfig:
@@ -118,6 +126,40 @@ def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
 def build_seg_projection(hidden: int, mask_dim: int) -> nn.Sequential:
     """LISA's ``text_hidden_fcs``: Linear(H, H) -> ReLU -> Linear(H, D) -> Dropout(0)."""
     return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, mask_dim), nn.Dropout(0.0))
+
+
+class QueryPointerProjection(nn.Module):
+    """[SEG] state -> mask embedding by pointing at GLEE's object queries.
+
+    ``a = softmax(q(h) . k(t_i) / sqrt(d))`` over the image's Q query embeddings ``t_i``, and the result is
+    ``sum_i a_i m_i`` with ``m_i`` GLEE's own mask embedding of query i, so ``result . pixel embeddings`` is a
+    mix of GLEE's query masks (a one-hot ``a`` gives exactly GLEE's mask of that query).  The language model
+    only has to rank the queries; with LISA's MLP it must also re-create GLEE's mask embedding, which a small
+    LM learns far more slowly.
+    """
+
+    def __init__(self, hidden: int, query_dim: int, key_dim: int = 128) -> None:
+        super().__init__()
+        self.query = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, key_dim))
+        self.key = nn.Linear(query_dim, key_dim)
+        self.scale = key_dim**-0.5
+
+    def forward(self, states: Tensor, queries: Tensor, query_masks: Tensor) -> Tensor:
+        """
+        Args:
+            states: [n, H] hidden states that predicted each [SEG].
+            queries: [n, Q, C] the object-query embeddings of each state's image.
+            query_masks: [n, Q, D] GLEE's mask embedding of each of those queries.
+        Returns:
+            [n, D] mask embeddings.
+        """
+        return torch.einsum("nq,nqd->nd", self.weights(states, queries), query_masks.float())
+
+    def weights(self, states: Tensor, queries: Tensor) -> Tensor:
+        """[n, H], [n, Q, C] -> [n, Q] attention of each [SEG] over its image's queries (float32)."""
+        q = self.query(states)  # [n, d]
+        k = self.key(queries.to(q.dtype))  # [n, Q, d]
+        return torch.softmax(torch.einsum("nd,nqd->nq", q, k).float() * self.scale, dim=-1)
 
 
 @dataclass
@@ -166,7 +208,8 @@ class ReasonSegModel(nn.Module):
         dtype = embed.weight.dtype if embed.weight.is_floating_point() else torch.float32
         self.hidden_size = hidden
         self.mm_projector = build_projector(config.projector_type, tower.hidden_size, hidden).to(dtype)
-        self.seg_projection = build_seg_projection(hidden, tower.mask_dim).to(dtype)
+        self.seg_projection = (QueryPointerProjection(hidden, tower.hidden_size) if config.seg_head == "query_pointer"
+                               else build_seg_projection(hidden, tower.mask_dim)).to(dtype)
         self.seg_token_id = _single_token_id(tokenizer, config.seg_token)
         self.image_token_id = _single_token_id(tokenizer, config.image_token)
         self.image_processor = GleeImageProcessor.for_size(
@@ -410,14 +453,39 @@ class ReasonSegModel(nn.Module):
             out.append(hidden[b, pos - 1])
         return out
 
-    def project_seg(self, states: list[Tensor]) -> list[Tensor]:
-        """[n_b, H] hidden states -> [n_b, D] mask embeddings (one batched call)."""
+    def project_seg(self, states: list[Tensor], visual: VisualFeatures | None = None,
+                    image_rows: Tensor | Sequence[int] | None = None) -> list[Tensor]:
+        """Per row [n_b, H] hidden states -> [n_b, D] mask embeddings (one batched call).
+
+        ``visual`` and ``image_rows`` (the image of each row) are needed by the ``query_pointer`` head, which
+        points at the object queries of the row's image; LISA's ``mlp`` head ignores them.
+        """
         sizes = [int(s.shape[0]) for s in states]
         # run even with no [SEG] (a [0, H] input): the projection then gets zero gradients instead of none,
         # which keeps DeepSpeed's per-parameter gradient bookkeeping uniform across batches
-        flat = self.seg_projection(torch.cat(states).to(self.dtype)) if states else \
-            self.seg_projection(torch.zeros((0, self.hidden_size), dtype=self.dtype, device=self.device))
-        return list(flat.split(sizes))
+        flat = torch.cat(states).to(self.dtype) if states else \
+            torch.zeros((0, self.hidden_size), dtype=self.dtype, device=self.device)
+        if not isinstance(self.seg_projection, QueryPointerProjection):
+            return list(self.seg_projection(flat).split(sizes))
+        rows = [int(r) for r in (image_rows.tolist() if isinstance(image_rows, Tensor) else image_rows or [])]
+        if len(rows) != len(states):
+            raise ValueError(f"the query_pointer [SEG] head needs the image of each of the {len(states)} rows "
+                             f"(image_rows), got {len(rows)}")
+        image = [r for r, n in zip(rows, sizes) for _ in range(n)]  # the image of each [SEG]
+        if image and (visual is None or visual.query_mask_embeddings is None or min(image) < 0):
+            raise MissingPixelEmbeddingError(
+                f"{len(image)} {self.config.seg_token} token(s) but no GLEE object queries of their image: the "
+                "query_pointer head points at an image's queries; give the conversation an image"
+            )
+        if visual is None or visual.query_mask_embeddings is None:
+            queries = flat.new_zeros((0, 1, self._active_tower().hidden_size))  # no [SEG]: an empty call
+            query_masks = flat.new_zeros((0, 1, self.mask_dim))
+        else:
+            index = torch.tensor(image, dtype=torch.long, device=visual.tokens.device)
+            num_queries = visual.query_mask_embeddings.shape[1]
+            queries = visual.tokens[index, :num_queries].to(flat.device)
+            query_masks = visual.query_mask_embeddings[index].to(flat.device)
+        return list(self.seg_projection(flat, queries, query_masks).split(sizes))
 
     # ------------------------------------------------------------------ masks
     def decode_masks(
@@ -486,7 +554,7 @@ class ReasonSegModel(nn.Module):
         weights = self.config.loss_weights
         if prepared.labels is not None:
             out.ce_loss = causal_lm_loss(hidden, prepared.labels, self.lm_head)
-        out.seg_embeddings = self.project_seg(self.seg_states(hidden, prepared))
+        out.seg_embeddings = self.project_seg(self.seg_states(hidden, prepared), visual, prepared.image_rows)
         n_img = None if visual is None else int(visual.pixel_embeddings.shape[0])
         out.pred_masks = self.decode_masks(out.seg_embeddings, visual, prepared.image_rows, n_img,
                                            original_sizes, resized_sizes)

@@ -72,18 +72,25 @@ class VisualFeatures:
     pixel_embeddings: Tensor  # [B, mask_dim, S/s, S/s] per-pixel embedding of the padded square input
     mask_stride: int  # s: input pixels per pixel-embedding cell (4 for ResNet/Swin GLEE)
     input_size: tuple[int, int]  # (H, W) the tower saw (after GLEE's own size_divisibility padding)
+    # [B, Q, mask_dim] GLEE's own mask embedding of each object query: query_mask_embeddings[b, q] . pixel
+    # embeddings = GLEE's mask logits of query q (what a pointer [SEG] projection combines)
+    query_mask_embeddings: Tensor | None = None
 
     def select(self, index: Tensor | Sequence[int]) -> VisualFeatures:
         """Rows ``index`` (e.g. one entry per conversation that shares an image)."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.tokens.device)
-        return VisualFeatures(self.tokens[index], self.pixel_embeddings[index], self.mask_stride, self.input_size)
+        masks = self.query_mask_embeddings
+        return VisualFeatures(self.tokens[index], self.pixel_embeddings[index], self.mask_stride, self.input_size,
+                              None if masks is None else masks[index])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VisualFeatures:
+        masks = self.query_mask_embeddings
         return VisualFeatures(
             self.tokens.to(device=device, dtype=dtype),
             self.pixel_embeddings.to(device=device, dtype=dtype),
             self.mask_stride,
             self.input_size,
+            None if masks is None else masks.to(device=device, dtype=dtype),
         )
 
 
@@ -187,11 +194,14 @@ class GleeFeatureExtractor(nn.Module):
             out = self.glee(pixel_values, categories=self._prompt())
             tokens = out.query_embeddings
             pix = out.pixel_embeddings
+            # GLEE's mask head: mask_embed(decoder_norm(.)) of the (already normalised) query embedding
+            head = self.glee.predictor
+            query_masks = head.mask_embed(head.decoder_norm(tokens))
             g = self.pooled_tokens_per_side
             if g:
                 pooled = F.adaptive_avg_pool2d(pix, (g, g)).flatten(2).transpose(1, 2)  # [B, g*g, mask_dim]
                 tokens = torch.cat([tokens, pooled], dim=1)
-        return VisualFeatures(tokens, pix, out.mask_stride, tuple(out.padded_size))
+        return VisualFeatures(tokens, pix, out.mask_stride, tuple(out.padded_size), query_masks)
 
 
 def read_glee_config(source: str | Path | GleeModel | GleeConfig) -> GleeConfig:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from llm_bridge.lora import LoraSettings, apply_lora, count_parameters, trainable_parameters
-from llm_bridge.model import ReasonSegModel
+from llm_bridge.model import SEG_HEADS, ReasonSegModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TRAIN_KEYS = ("input_ids", "attention_mask", "labels", "image_index", "gt_masks", "original_sizes", "resized_sizes")
@@ -354,7 +354,8 @@ def build_datasets(args: argparse.Namespace, samples_per_epoch: int) -> Any:
             name, splits = args.reason_seg_data.split("|")
             # a name is a folder under <dataset-dir>/reason_seg (LISA); an absolute path is used as it is
             folder = Path(name) if Path(name).is_absolute() else root / "reason_seg" / name
-            built[kind] = [ReasonSegDataset(folder, splits, explanatory=args.explanatory, **common)]
+            built[kind] = [ReasonSegDataset(folder, splits, explanatory=args.explanatory,
+                                            instance_masks=args.reason_seg_instances, **common)]
         else:
             raise ValueError(f"unknown dataset type {kind!r}; use sem_seg, refer_seg, vqa, reason_seg")
     return HybridDataset(built, rates, **common)
@@ -369,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume-bridge", help="continue from a saved bridge folder (adapter form)")
     p.add_argument("--image-size", type=int, default=1024)
     p.add_argument("--pooled-tokens", type=int, default=0, help="g: g*g pooled pixel tokens after the queries")
+    p.add_argument("--seg-head", choices=SEG_HEADS, default="mlp",
+                   help="[SEG] state -> mask embedding: LISA's mlp, or query_pointer (attention over GLEE's object "
+                   "queries, mixing their own mask embeddings)")
     p.add_argument("--model-max-length", type=int, default=512)
     p.add_argument("--dataset-dir", default="./dataset")
     p.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg")
@@ -379,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason-seg-data", default="ReasonSeg|train",
                    help="FOLDER|SPLITS: FOLDER under <dataset-dir>/reason_seg, or an absolute path (e.g. a set "
                    "from scripts/make_shapesworld_reasoning.py); SPLITS like train or train_val")
+    p.add_argument("--reason-seg-instances", action="store_true",
+                   help="one [SEG] and one mask per answer object (target polygons grouped by labelme group_id, "
+                   "as scripts/make_shapesworld_reasoning.py writes them) instead of one union mask")
     p.add_argument("--explanatory", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=2, help="images per micro-batch")
@@ -432,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.glee:
             raise SystemExit("--glee is required: a GLEE save_pretrained folder (or a preset name for a smoke run)")
         cfg = BridgeConfig(llm=args.llm, glee=read_glee_config(args.glee).to_dict(), image_size=args.image_size,
-                           pooled_tokens_per_side=args.pooled_tokens, model_max_length=args.model_max_length)
+                           pooled_tokens_per_side=args.pooled_tokens, model_max_length=args.model_max_length,
+                           seg_head=args.seg_head)
         model = build_bridge(cfg, glee_model=args.glee, quantization=quantization)
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                         target_modules=args.lora_targets.split(","), token_rows=args.token_rows)

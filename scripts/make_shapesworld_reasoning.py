@@ -12,9 +12,11 @@ hold colour-shape compositions never seen in training)::
     <out>/<split>/<name>.json   {"text": [...], "is_sentence": bool, "shapes": [labelme polygons], ...}
 
 exactly what LISA's ReasonSeg loader (and ``llm_bridge.data.reason_seg``) reads.  Polygons are labelled
-``target`` or ``ignore``; the target is the union of the objects that answer the question, traced into
-hole-free polygons through boundary-pixel centres, so filling them (with their outline, as LISA's cv2 reader
-and ours do) gives back the mask pixel for pixel.  Extra fields: ``template`` (question type, for per-type
+``target`` or ``ignore``; the target is the union of the objects that answer the question, each object traced
+into hole-free polygons through boundary-pixel centres, so filling them (with their outline, as LISA's cv2
+reader and ours do) gives back the mask pixel for pixel.  Each answer object's polygons share a labelme
+``group_id`` (0, 1, ... left to right), which ``ReasonSegDataset(instance_masks=True)`` turns into one
+``[SEG]`` and one mask per object.  Extra fields: ``template`` (question type, for per-type
 results), ``answer`` (what the question resolves to, e.g. ``"shape=ring"``), ``source`` and the object ids.
 
 Phrases (``is_sentence`` false) carry no leading article, like ReasonSeg's ("food that tastes spicy"), since
@@ -614,15 +616,24 @@ def union_mask(scene: Scene, indices: list[int]) -> np.ndarray:
     return out
 
 
+def _centroid_x(scene: Scene, index: int) -> float:
+    return float(np.nonzero(union_mask(scene, [index]))[1].mean())
+
+
 def annotation(scene: Scene, q: Question, split: str, rng: np.random.Generator, sentence_share: float,
                num_texts: int) -> dict[str, Any]:
     is_sentence = bool(rng.random() < sentence_share)
     pool = q.sentences if is_sentence else q.phrases
     order = rng.permutation(len(pool))[:num_texts]
     shapes = []
-    for label, indices in (("target", q.targets), ("ignore", q.ignore)):
-        for poly in mask_to_polygons(union_mask(scene, indices)) if indices else []:
-            shapes.append({"label": label, "points": poly, "group_id": None, "shape_type": "polygon", "flags": {}})
+    # one labelme group per answer object (group_id 0, 1, ... left to right by mask centroid), so readers can
+    # ask for one mask per object; the union of all target polygons is still the answer mask
+    for rank, index in enumerate(sorted(q.targets, key=lambda i: _centroid_x(scene, i))):
+        for poly in mask_to_polygons(union_mask(scene, [index])):
+            shapes.append({"label": "target", "points": poly, "group_id": rank, "shape_type": "polygon",
+                           "flags": {}})
+    for poly in mask_to_polygons(union_mask(scene, q.ignore)) if q.ignore else []:
+        shapes.append({"label": "ignore", "points": poly, "group_id": None, "shape_type": "polygon", "flags": {}})
     return {
         "text": [pool[int(i)] for i in order],
         "is_sentence": is_sentence,

@@ -242,3 +242,63 @@ def test_bench_script_end_to_end_on_a_tiny_bridge(reasoning, tmp_path, capsys):
         assert sum(v["n"] for v in report["modes"][mode]["per_template"].values()) == 2
     assert all(isinstance(r["answer"], str) and r["prompt"].endswith("Please output segmentation mask.")
                for r in report["items"])
+
+
+def test_instance_masks_give_one_seg_and_one_mask_per_answer_object(world, reasoning):
+    """group_id per answer object (left to right): one [SEG] + mask each; their union is the answer mask."""
+    from llm_bridge.data.reason_seg import load_instance_masks
+
+    objects = {s: _coco_objects(world, s) for s in ("train", "val", "heldout")}
+    several = 0
+    for path in sorted(reasoning.glob("*/*.json")):
+        anno = json.loads(path.read_text())
+        scene = objects[anno["source"]["split"]]
+        h, w = anno["imageHeight"], anno["imageWidth"]
+        inst = load_instance_masks(path, h, w)
+        union, _, _ = load_mask(path, h, w)
+        assert inst.shape[0] == len(anno["target_ann_ids"]), path.name
+        assert np.array_equal((inst == 1).any(0), union == 1)
+        assert all(np.array_equal(m == 255, union == 255) for m in inst)  # ignore regions in every mask
+        # each mask is exactly one answer object, in left-to-right order
+        target_masks = [scene[i][2] for i in anno["target_ann_ids"]]
+        centres = []
+        for m in inst:
+            match = [k for k, t in enumerate(target_masks) if np.array_equal(m == 1, t)]
+            assert len(match) == 1, path.name
+            centres.append(np.nonzero(m == 1)[1].mean())
+        assert centres == sorted(centres)
+        several += inst.shape[0] > 1
+    assert several >= 3
+
+    ds = ReasonSegDataset(reasoning, "train", explanatory=-1, samples_per_epoch=40, instance_masks=True)
+    seen_multi = False
+    for i in range(40):
+        sample = ds[i]
+        h, w = sample.image.shape[:2]
+        inst = load_instance_masks(Path(sample.image_path).with_suffix(".json"), h, w)
+        answers = [c[1]["content"] for c in sample.conversations]
+        assert all(a.count("[SEG]") == inst.shape[0] for a in answers)
+        assert np.array_equal(sample.masks, np.concatenate([inst] * len(answers)))
+        seen_multi |= inst.shape[0] > 1 and " and [SEG]" in answers[0]
+    assert seen_multi
+    # LISA's released files have no group_id: all target polygons stay one region (one [SEG], one mask)
+    plain = json.loads(sorted(reasoning.glob("train/*.json"))[0].read_text())
+    for s in plain["shapes"]:
+        s["group_id"] = None
+    lisa = Path(str(reasoning) + "_lisa") / "x.json"
+    lisa.parent.mkdir(exist_ok=True)
+    lisa.write_text(json.dumps(plain))
+    h, w = plain["imageHeight"], plain["imageWidth"]
+    one = load_instance_masks(lisa, h, w)
+    union, _, _ = load_mask(lisa, h, w)
+    assert one.shape[0] == 1 and np.array_equal(one[0] == 1, union == 1)
+
+
+def test_seg_answer_counts():
+    from llm_bridge.data.conversation import seg_answer
+
+    rng = np.random.default_rng(0)
+    assert [seg_answer(rng, n).count("[SEG]") for n in (1, 2, 5)] == [1, 2, 5]
+    assert seg_answer(rng, 3).count(" and [SEG]") == 1
+    with pytest.raises(ValueError, match="at least one"):
+        seg_answer(rng, 0)

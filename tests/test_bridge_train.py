@@ -110,3 +110,17 @@ def test_train_cli_end_to_end(tmp_path, data_root, capsys):
     assert (tmp_path / "run/checkpoints/latest").read_text() == "step_2"
     bridge = ReasonSegModel.from_pretrained(tmp_path / "run/bridge")  # adapter form; merging: test_bridge_lora
     assert hasattr(bridge.language_model, "peft_config")
+
+
+def test_train_cli_pointer_head_with_instance_masks(tmp_path, data_root, capsys):
+    status = main([
+        "--output-dir", str(tmp_path / "run"), "--llm", str(tiny_llm_dir()), "--glee", "tiny",
+        "--image-size", "64", "--dataset-dir", str(data_root), "--dataset", "reason_seg", "--sample-rates", "1",
+        "--reason-seg-instances", "--seg-head", "query_pointer", "--explanatory", "-1", "--steps", "2",
+        "--batch-size", "1", "--grad-accum", "1", "--warmup-steps", "0", "--precision", "fp32", "--workers", "0",
+        "--log-every", "1",
+    ])
+    assert status == 0 and "step=2" in capsys.readouterr().out
+    bridge = ReasonSegModel.from_pretrained(tmp_path / "run/bridge")
+    assert bridge.config.seg_head == "query_pointer"
+    assert type(bridge.seg_projection).__name__ == "QueryPointerProjection"

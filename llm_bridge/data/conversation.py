@@ -47,7 +47,26 @@ ANSWER_LIST = [
     "[SEG].",
 ]
 
+# answers naming several objects, one [SEG] each ({segs}: "[SEG], [SEG] and [SEG]")
+MULTI_ANSWER_LIST = [
+    "They are {segs}.",
+    "Sure, {segs}.",
+    "Sure, they are {segs}.",
+    "Sure, the segmentation results are {segs}.",
+    "{segs}.",
+]
+
 Message = dict[str, str]
+
+
+def seg_answer(rng: Any, count: int, seg_token: str = "[SEG]") -> str:
+    """A templated answer with ``count`` [SEG] tokens (LISA's ANSWER_LIST for one)."""
+    if count < 1:
+        raise ValueError(f"an answer needs at least one {seg_token}, got count={count}")
+    if count == 1:
+        return str(rng.choice(ANSWER_LIST)).replace("[SEG]", seg_token)
+    segs = ", ".join([seg_token] * (count - 1)) + f" and {seg_token}"
+    return str(rng.choice(MULTI_ANSWER_LIST)).format(segs=segs)
 
 
 def with_image(text: str) -> str:

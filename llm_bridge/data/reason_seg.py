@@ -20,11 +20,11 @@ import numpy as np
 
 from llm_bridge.data.base import IGNORE_VALUE, RandomSampleDataset, SegSample, choose, read_image
 from llm_bridge.data.conversation import (
-    ANSWER_LIST,
     EXPLANATORY_QUESTION_LIST,
     IMAGE_PLACEHOLDER,
     LONG_QUESTION_LIST,
     SHORT_QUESTION_LIST,
+    seg_answer,
     with_image,
 )
 
@@ -71,6 +71,22 @@ def load_mask(json_path: str | Path, height: int, width: int) -> tuple[np.ndarra
     return rasterize(anno["shapes"], height, width), texts, bool(anno["is_sentence"])
 
 
+def load_instance_masks(json_path: str | Path, height: int, width: int) -> np.ndarray:
+    """[G, H, W] uint8: one mask per answer object (target polygons grouped by their labelme ``group_id``).
+
+    Target polygons without a ``group_id`` form one group together (ReasonSeg's released files: the target is
+    one region); ignore regions are 255 in every mask; the other groups' pixels are background.
+    """
+    shapes = read_annotation(json_path).get("shapes", [])
+    targets = [s for s in shapes if str(s.get("label", "")).lower() == "target"]
+    others = [s for s in shapes if s not in targets]
+    ids = sorted({s.get("group_id") for s in targets}, key=lambda g: (g is None, g if g is not None else 0))
+    if not ids:
+        return np.zeros((1, height, width), dtype=np.uint8)  # no target: one empty mask, as ``load_mask``
+    return np.stack([rasterize([s for s in targets if s.get("group_id") == g] + others, height, width)
+                     for g in ids])
+
+
 class ReasonSegDataset(RandomSampleDataset):
     kind = "reason_seg"
 
@@ -83,6 +99,7 @@ class ReasonSegDataset(RandomSampleDataset):
         explanatory_file: str | Path | None = None,
         samples_per_epoch: int = 1000,
         seed: int = 0,
+        instance_masks: bool = False,
     ) -> None:
         """
         Args:
@@ -90,6 +107,8 @@ class ReasonSegDataset(RandomSampleDataset):
             splits: "train", "val", "train_val" or a list.
             explanatory: probability of an explanation-only answer; -1 disables explanations (LISA's switch).
             explanatory_file: default ``<root>/explanatory/train.json`` when present.
+            instance_masks: one [SEG] and one mask per answer object (target polygons grouped by labelme
+                ``group_id``, see :func:`load_instance_masks`) instead of LISA's single union mask.
         """
         super().__init__(samples_per_epoch, seed)
         self.root = Path(root)
@@ -103,6 +122,7 @@ class ReasonSegDataset(RandomSampleDataset):
         if not self.images:
             raise FileNotFoundError(f"no ReasonSeg image/json pairs under {self.root} for splits {split_list}")
         self.num_per_sample = num_per_sample
+        self.instance_masks = bool(instance_masks)
         self.explanatory = explanatory
         self.explanations: dict[str, str] = {}
         if explanatory != -1:
@@ -121,27 +141,31 @@ class ReasonSegDataset(RandomSampleDataset):
         image = read_image(path)
         h, w = image.shape[:2]
         mask, texts, is_sentence = load_mask(path.with_suffix(".json"), h, w)
+        if self.instance_masks:
+            targets = load_instance_masks(path.with_suffix(".json"), h, w)
+        else:
+            targets = (mask == 1).astype(np.uint8)[None]
+            targets[0][mask == IGNORE_VALUE] = IGNORE_VALUE  # LISA trains these as background; we leave them out
         chosen = choose(rng, texts, self.num_per_sample)
         explanation = self.explanations.get(path.name)
         mode = 0  # 0: [SEG] answer, 1: [SEG] + explanation, 2: explanation only
         if explanation is not None:
             mode = 2 if rng.random() < self.explanatory else int(rng.integers(2))
-        conversations, n_masks = [], 0
+        conversations, masks = [], []
         for text in chosen:
             if is_sentence:
                 question = with_image(str(rng.choice(LONG_QUESTION_LIST)).format(sent=text))
             else:
                 question = with_image(str(rng.choice(SHORT_QUESTION_LIST)).format(class_name=text.lower()))
-            answer = str(rng.choice(ANSWER_LIST))
+            answer = seg_answer(rng, len(targets))
             if mode == 1:
                 question = f"{IMAGE_PLACEHOLDER} {text} {rng.choice(EXPLANATORY_QUESTION_LIST)}"
                 answer = f"{answer} {explanation}"
             elif mode == 2:
                 question = f"{IMAGE_PLACEHOLDER} {text}"
                 answer = str(explanation)
-            n_masks += answer.count("[SEG]")
+            if "[SEG]" in answer:
+                masks.append(targets)
             conversations.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
-        target = (mask == 1).astype(np.uint8)
-        target[mask == IGNORE_VALUE] = IGNORE_VALUE  # LISA trains with these as background; we leave them out
-        masks = np.repeat(target[None], n_masks, axis=0)
-        return SegSample(image, conversations, masks, self.kind, str(path), {"is_sentence": is_sentence})
+        stacked = np.concatenate(masks) if masks else np.zeros((0, h, w), dtype=np.uint8)
+        return SegSample(image, conversations, stacked, self.kind, str(path), {"is_sentence": is_sentence})

@@ -1,0 +1,190 @@
+"""The ``query_pointer`` [SEG] head: attention over GLEE's object queries that mixes their mask embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from llm_bridge.data.conversation import build_prompt, pad_batch, tokenize_conversation, with_image
+from llm_bridge.generation import seg_states_teacher_forced
+from llm_bridge.model import BridgeConfig, MissingPixelEmbeddingError, QueryPointerProjection, ReasonSegModel
+from llm_bridge.testing import ForcedAnswer, tiny_bridge, tiny_llm_dir
+from llm_bridge.tower import VisualFeatures
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_bridge(tiny_llm_dir(), pooled_tokens_per_side=2, seg_head="query_pointer")  # 6 queries + 4 pooled
+
+
+@pytest.fixture(scope="module")
+def images(model):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 255, (48, 80, 3), dtype=np.uint8), rng.integers(0, 255, (70, 50, 3), dtype=np.uint8)]
+    pixel_values, original, resized = model.preprocess_images(arrays)
+    return {"pixel_values": pixel_values, "original": original, "resized": resized,
+            "visual": model.encode_images(pixel_values)}
+
+
+def conv(question: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": with_image(question)}, {"role": "assistant", "content": answer}]
+
+
+def batch(model, convs):
+    rows = [tokenize_conversation(model.tokenizer, c) for c in convs]
+    return pad_batch([r[0] for r in rows], model.pad_token_id, labels=[r[1] for r in rows])
+
+
+class _PointAt(nn.Module):
+    """A query network that always asks for key ``target`` (scaled up so the softmax is one-hot)."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        self.target = target
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.target.expand(states.shape[0], -1)
+
+
+def test_tower_query_mask_embeddings_give_glee_masks(model, images):
+    visual = images["visual"]
+    glee = model.tower.glee
+    with torch.no_grad():
+        out = glee(images["pixel_values"], categories=model.config.prompt_categories)
+    rebuilt = torch.einsum("bqd,bdhw->bqhw", visual.query_mask_embeddings, visual.pixel_embeddings)
+    torch.testing.assert_close(rebuilt, out.pred_masks, atol=1e-4, rtol=1e-4)
+    assert visual.query_mask_embeddings.shape == (2, glee.cfg.num_queries, glee.cfg.mask_dim)
+    picked = visual.select([1])
+    assert torch.equal(picked.query_mask_embeddings[0], visual.query_mask_embeddings[1])
+
+
+def test_a_one_hot_pointer_gives_exactly_glee_query_mask(model, images):
+    visual = images["visual"]
+    head = model.seg_projection
+    assert isinstance(head, QueryPointerProjection)
+    states = [torch.randn(1, model.hidden_size), torch.randn(2, model.hidden_size)]
+    for image, query in ((0, 3), (1, 0)):
+        with torch.no_grad():
+            key = head.key(visual.tokens[image, query])
+        original = head.query
+        head.query = _PointAt(key * 1e4)
+        try:
+            with torch.no_grad():
+                emb = model.project_seg(states, visual, image_rows=[image, image])
+        finally:
+            head.query = original
+        for e in emb:
+            for row in e:
+                torch.testing.assert_close(row, visual.query_mask_embeddings[image, query], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_backward_reaches_the_head(model, images):
+    ids, mask, labels = batch(model, [conv("Segment the dog.", "Sure, [SEG]."),
+                                      conv("Segment the two.", "They are [SEG] and [SEG].")])
+    gt = [torch.from_numpy((np.random.default_rng(s).random((n, *hw)) > 0.5).astype(np.uint8))
+          for s, n, hw in ((0, 1, (48, 80)), (1, 2, (70, 50)))]
+    model.train()
+    try:
+        out = model(ids, mask, labels, visual=images["visual"], image_index=[0, 1], gt_masks=gt,
+                    original_sizes=images["original"], resized_sizes=images["resized"])
+        model.zero_grad(set_to_none=True)
+        out.loss.backward()
+    finally:
+        model.eval()
+    assert out.num_masks == 3 and torch.isfinite(out.loss)
+    for module in (model.seg_projection.query, model.seg_projection.key, model.mm_projector):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(p.grad is None for p in model.tower.parameters())
+
+
+def _striped_features(num_queries: int, channels: int, mask_dim: int) -> VisualFeatures:
+    """Two images whose query q owns vertical stripe q: query masks are +8 on their stripe, -8 elsewhere."""
+    torch.manual_seed(0)
+    size = 4 * num_queries
+    pixel = -torch.ones(2, mask_dim, size, size)
+    for q in range(num_queries):
+        pixel[:, q, :, 4 * q:4 * q + 4] = 1.0
+    query_masks = torch.zeros(2, num_queries, mask_dim)
+    query_masks[:, torch.arange(num_queries), torch.arange(num_queries)] = 8.0
+    return VisualFeatures(torch.randn(2, num_queries, channels), pixel, 1, (size, size), query_masks)
+
+
+def test_the_head_learns_to_point_at_the_target_queries(model):
+    """Trained on mask losses alone, the head puts its attention on the query whose mask is the target."""
+    from llm_bridge.losses import mask_losses
+
+    q = 6
+    visual = _striped_features(q, model.tower.hidden_size, model.mask_dim)
+    rows, targets = [0, 1], [[2], [4, 1]]  # image 0: one [SEG]; image 1: two
+    gt = [torch.stack([(visual.pixel_embeddings[0, t] > 0).to(torch.uint8) for t in ts]) for ts in targets]
+    torch.manual_seed(1)
+    states = [torch.randn(1, model.hidden_size), torch.randn(2, model.hidden_size)]
+    head = QueryPointerProjection(model.hidden_size, model.tower.hidden_size)
+    original, model.seg_projection = model.seg_projection, head
+    try:
+        opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+        for _ in range(100):
+            pred = model.decode_masks(model.project_seg(states, visual, rows), visual, rows)
+            bce, dice, _ = mask_losses(pred, gt)
+            opt.zero_grad()
+            (2 * bce + 0.5 * dice).backward()
+            opt.step()
+        with torch.no_grad():
+            weights = head.weights(torch.cat(states), visual.tokens[[0, 1, 1]])
+            pred = model.decode_masks(model.project_seg(states, visual, rows), visual, rows)
+    finally:
+        model.seg_projection = original
+    assert weights.argmax(-1).tolist() == [2, 4, 1]
+    assert float(weights.max(-1).values.min()) > 0.9
+    for p, g in zip(pred, gt):
+        assert torch.equal((p > 0).to(torch.uint8), g)  # exactly the target stripes
+
+
+def test_kv_cache_generation_and_teacher_forcing_give_the_same_masks(model, images):
+    tok = model.tokenizer
+    prompt = build_prompt(tok, [{"role": "user", "content": with_image("Segment the cat and the dog.")}])
+    script = tok("They are [SEG] and [SEG].", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = torch.tensor([prompt])
+    visual = images["visual"].select([1])
+    decoded = []
+    for use_cache in (True, False):
+        out = model.generate(ids, visual=visual, max_new_tokens=len(script) + 2, use_cache=use_cache,
+                             logits_processor=ForcedAnswer(script, ids.shape[1]))
+        for states in (out.seg_states, seg_states_teacher_forced(model, out)):
+            with torch.no_grad():
+                emb = model.project_seg(states, out.visual, out.prepared.image_rows)
+            decoded.append(model.decode_masks(emb, out.visual, out.prepared.image_rows, 1, images["original"][1:],
+                                              images["resized"][1:])[0])
+    assert decoded[0].shape == (2, 70, 50)
+    for other in decoded[1:]:
+        torch.testing.assert_close(decoded[0], other, atol=1e-4, rtol=1e-4)
+
+
+def test_save_load_keeps_the_head(model, images, tmp_path):
+    model.save_pretrained(tmp_path / "bridge")
+    loaded = ReasonSegModel.from_pretrained(tmp_path / "bridge")
+    assert loaded.config.seg_head == "query_pointer" and isinstance(loaded.seg_projection, QueryPointerProjection)
+    ids, mask, _ = batch(model, [conv("Segment the two.", "They are [SEG] and [SEG].")])
+    visual = images["visual"].select([0])
+    with torch.no_grad():
+        a = model(ids, mask, visual=visual).pred_masks[0]
+        b = loaded(ids, mask, visual=loaded.encode_images(images["pixel_values"][:1])).pred_masks[0]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_input(model):
+    states = [torch.randn(1, model.hidden_size)]
+    with pytest.raises(MissingPixelEmbeddingError, match="object queries"):
+        model.project_seg(states, None, [0])
+    with pytest.raises(MissingPixelEmbeddingError, match="object queries"):
+        model.project_seg(states, None, [-1])
+    with pytest.raises(ValueError, match="image_rows"):
+        model.project_seg(states)
+    empty = model.project_seg([torch.zeros(0, model.hidden_size)], None, [-1])  # no [SEG]: no image needed
+    assert [tuple(e.shape) for e in empty] == [(0, model.mask_dim)]
+    with pytest.raises(ValueError, match="unknown seg_head"):
+        BridgeConfig(seg_head="sam")
