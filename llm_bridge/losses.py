@@ -24,6 +24,7 @@ class LossWeights:
     ce: float = 1.0
     bce: float = 2.0
     dice: float = 0.5
+    pointer: float = 0.0  # query_pointer head only: cross-entropy of its attention against the best GLEE query
 
 
 def causal_lm_loss(hidden: Tensor, labels: Tensor, lm_head: torch.nn.Module) -> Tensor:
@@ -87,3 +88,44 @@ def mask_losses(pred: list[Tensor], gt: list[Tensor], ignore_value: int = IGNORE
         dice = dice + mask_dice_loss(p, g, ignore_value)
     denom = max(total, 1)
     return bce / denom, dice / denom, total
+
+
+def query_mask_ious(query_masks: Tensor, gt: Tensor, ignore_value: int = IGNORE_VALUE) -> Tensor:
+    """IoU of every GLEE query mask with every ground-truth mask of one image, ignore pixels left out.
+
+    Args:
+        query_masks: [Q, H, W] query mask logits (> 0 is foreground).
+        gt: [n, H, W] 0/1 targets, ``ignore_value`` where unlabelled.
+    Returns:
+        [n, Q] IoU.
+    """
+    pred = (query_masks > 0).flatten(1).float()  # [Q, HW]
+    valid = (gt != ignore_value).flatten(1).float()  # [n, HW]
+    target = (gt == 1).flatten(1).float()  # [n, HW]
+    inter = target @ pred.T
+    union = target.sum(1, keepdim=True) + valid @ pred.T - inter
+    return inter / union.clamp(min=1.0)
+
+
+def pointer_loss(log_weights: Tensor, ious: Tensor, min_iou: float = 0.5, margin: float = 0.1) -> tuple[Tensor, int]:
+    """Cross-entropy of the pointer's attention against the queries that best cover each target.
+
+    A mask loss alone reaches the attention through a softmax that saturates once the head points at a wrong
+    object (its gradient towards the right query vanishes); this term keeps pulling towards the right one.
+    GLEE often has several near-duplicate queries of one object: all queries within ``margin`` IoU of the best
+    count as right (the loss is -log of their summed attention).  Targets that no query covers with IoU >=
+    ``min_iou`` (GLEE missed the object) are left out.
+
+    Args:
+        log_weights: [n, Q] log-attention of each [SEG] (log-softmax over the queries).
+        ious: [n, Q] IoU of each query's mask with that [SEG]'s target (:func:`query_mask_ious`).
+    Returns:
+        (summed loss over the counted [SEG]s, how many were counted).
+    """
+    best = ious.max(-1, keepdim=True).values
+    keep = best[:, 0] >= min_iou
+    if not bool(keep.any()):
+        return log_weights.sum() * 0.0, 0
+    right = ious[keep] >= (best[keep] - margin).clamp(min=min_iou)
+    picked = log_weights[keep].masked_fill(~right, float("-inf"))
+    return -torch.logsumexp(picked, dim=-1).sum(), int(keep.sum())

@@ -35,7 +35,7 @@ from transformers.utils import ModelOutput
 from glee.config import GleeConfig
 from glee.modeling.glee_model import GleeModel
 from llm_bridge.llm import SMOLLM2, load_language_model
-from llm_bridge.losses import IGNORE_INDEX, LossWeights, causal_lm_loss, mask_losses
+from llm_bridge.losses import IGNORE_INDEX, LossWeights, causal_lm_loss, mask_losses, pointer_loss, query_mask_ious
 from llm_bridge.tower import GleeFeatureExtractor, GleeImageProcessor, VisualFeatures, load_glee
 
 SEG_TOKEN = "[SEG]"
@@ -79,6 +79,7 @@ class BridgeConfig:
     ce_loss_weight: float = 1.0
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
+    pointer_loss_weight: float = 1.0  # seg_head "query_pointer" only (see llm_bridge.losses.pointer_loss)
 
     def __post_init__(self) -> None:
         if self.glee is None:
@@ -92,7 +93,8 @@ class BridgeConfig:
 
     @property
     def loss_weights(self) -> LossWeights:
-        return LossWeights(self.ce_loss_weight, self.bce_loss_weight, self.dice_loss_weight)
+        pointer = self.pointer_loss_weight if self.seg_head == "query_pointer" else 0.0
+        return LossWeights(self.ce_loss_weight, self.bce_loss_weight, self.dice_loss_weight, pointer)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,13 +155,13 @@ class QueryPointerProjection(nn.Module):
         Returns:
             [n, D] mask embeddings.
         """
-        return torch.einsum("nq,nqd->nd", self.weights(states, queries), query_masks.float())
+        return torch.einsum("nq,nqd->nd", self.log_weights(states, queries).exp(), query_masks.float())
 
-    def weights(self, states: Tensor, queries: Tensor) -> Tensor:
-        """[n, H], [n, Q, C] -> [n, Q] attention of each [SEG] over its image's queries (float32)."""
+    def log_weights(self, states: Tensor, queries: Tensor) -> Tensor:
+        """[n, H], [n, Q, C] -> [n, Q] log-attention of each [SEG] over its image's queries (float32)."""
         q = self.query(states)  # [n, d]
         k = self.key(queries.to(q.dtype))  # [n, Q, d]
-        return torch.softmax(torch.einsum("nd,nqd->nq", q, k).float() * self.scale, dim=-1)
+        return torch.log_softmax(torch.einsum("nd,nqd->nq", q, k).float() * self.scale, dim=-1)
 
 
 @dataclass
@@ -182,6 +184,7 @@ class BridgeOutput(ModelOutput):
     ce_loss: Tensor | None = None
     mask_bce_loss: Tensor | None = None
     mask_dice_loss: Tensor | None = None
+    pointer_loss: Tensor | None = None  # query_pointer head: mean attention cross-entropy (see losses.pointer_loss)
     num_masks: int | None = None  # ground-truth masks in the batch (when gt_masks are given)
     seg_embeddings: list[Tensor] | None = None  # per row [n_b, D]
     pred_masks: list[Tensor] | None = None  # per image [n_i, H_i, W_i] logits (float32)
@@ -467,9 +470,15 @@ class ReasonSegModel(nn.Module):
             torch.zeros((0, self.hidden_size), dtype=self.dtype, device=self.device)
         if not isinstance(self.seg_projection, QueryPointerProjection):
             return list(self.seg_projection(flat).split(sizes))
+        queries, query_masks = self._pointer_targets(sizes, visual, image_rows)
+        return list(self.seg_projection(flat.to(self.dtype), queries, query_masks).split(sizes))
+
+    def _pointer_targets(self, sizes: list[int], visual: VisualFeatures | None,
+                         image_rows: Tensor | Sequence[int] | None) -> tuple[Tensor, Tensor]:
+        """For each [SEG] (rows with ``sizes`` [SEG]s each): its image's queries [n, Q, C] and mask embeddings."""
         rows = [int(r) for r in (image_rows.tolist() if isinstance(image_rows, Tensor) else image_rows or [])]
-        if len(rows) != len(states):
-            raise ValueError(f"the query_pointer [SEG] head needs the image of each of the {len(states)} rows "
+        if len(rows) != len(sizes):
+            raise ValueError(f"the query_pointer [SEG] head needs the image of each of the {len(sizes)} rows "
                              f"(image_rows), got {len(rows)}")
         image = [r for r, n in zip(rows, sizes) for _ in range(n)]  # the image of each [SEG]
         if image and (visual is None or visual.query_mask_embeddings is None or min(image) < 0):
@@ -477,15 +486,38 @@ class ReasonSegModel(nn.Module):
                 f"{len(image)} {self.config.seg_token} token(s) but no GLEE object queries of their image: the "
                 "query_pointer head points at an image's queries; give the conversation an image"
             )
-        if visual is None or visual.query_mask_embeddings is None:
-            queries = flat.new_zeros((0, 1, self._active_tower().hidden_size))  # no [SEG]: an empty call
-            query_masks = flat.new_zeros((0, 1, self.mask_dim))
-        else:
-            index = torch.tensor(image, dtype=torch.long, device=visual.tokens.device)
-            num_queries = visual.query_mask_embeddings.shape[1]
-            queries = visual.tokens[index, :num_queries].to(flat.device)
-            query_masks = visual.query_mask_embeddings[index].to(flat.device)
-        return list(self.seg_projection(flat, queries, query_masks).split(sizes))
+        if visual is None or visual.query_mask_embeddings is None:  # no [SEG]: an empty call
+            return (torch.zeros((0, 1, self._active_tower().hidden_size), dtype=self.dtype, device=self.device),
+                    torch.zeros((0, 1, self.mask_dim), dtype=self.dtype, device=self.device))
+        index = torch.tensor(image, dtype=torch.long, device=visual.tokens.device)
+        num_queries = visual.query_mask_embeddings.shape[1]
+        return (visual.tokens[index, :num_queries].to(self.device),
+                visual.query_mask_embeddings[index].to(self.device))
+
+    def seg_pointer_loss(self, states: list[Tensor], visual: VisualFeatures, image_rows: Tensor | Sequence[int],
+                     gt_masks: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None,
+                     resized_sizes: Sequence[tuple[int, int]] | None = None) -> tuple[Tensor, int]:
+        """(mean attention cross-entropy, counted [SEG]s) of the query_pointer head; see ``losses.pointer_loss``."""
+        head = self.seg_projection
+        sizes = [int(s.shape[0]) for s in states]
+        flat = torch.cat(states).to(self.dtype)
+        queries, _ = self._pointer_targets(sizes, visual, image_rows)
+        log_weights = head.log_weights(flat, queries)  # [n, Q]
+        rows = [int(r) for r in (image_rows.tolist() if isinstance(image_rows, Tensor) else image_rows)]
+        image = torch.tensor([r for r, n in zip(rows, sizes) for _ in range(n)], dtype=torch.long)
+        total, count = log_weights.sum() * 0.0, 0
+        for i, gt in enumerate(gt_masks):
+            if gt.shape[0] == 0:
+                continue
+            with torch.no_grad():
+                low = torch.einsum("qd,dhw->qhw", visual.query_mask_embeddings[i].float(),
+                                   visual.pixel_embeddings[i].float())
+                size = original_sizes[i] if original_sizes is not None else None
+                resized = resized_sizes[i] if resized_sizes is not None else None
+                ious = query_mask_ious(postprocess_masks(low, visual.input_size, resized, size), gt.to(low.device))
+            loss, n = pointer_loss(log_weights[(image == i).nonzero().flatten().to(log_weights.device)], ious)
+            total, count = total + loss, count + n
+        return total / max(count, 1), count
 
     # ------------------------------------------------------------------ masks
     def decode_masks(
@@ -554,7 +586,8 @@ class ReasonSegModel(nn.Module):
         weights = self.config.loss_weights
         if prepared.labels is not None:
             out.ce_loss = causal_lm_loss(hidden, prepared.labels, self.lm_head)
-        out.seg_embeddings = self.project_seg(self.seg_states(hidden, prepared), visual, prepared.image_rows)
+        states = self.seg_states(hidden, prepared)
+        out.seg_embeddings = self.project_seg(states, visual, prepared.image_rows)
         n_img = None if visual is None else int(visual.pixel_embeddings.shape[0])
         out.pred_masks = self.decode_masks(out.seg_embeddings, visual, prepared.image_rows, n_img,
                                            original_sizes, resized_sizes)
@@ -569,10 +602,15 @@ class ReasonSegModel(nn.Module):
                     )
             bce, dice, count = mask_losses(out.pred_masks, list(gt_masks))
             out.mask_bce_loss, out.mask_dice_loss, out.num_masks = bce, dice, count
+            if weights.pointer and count:
+                out.pointer_loss = self.seg_pointer_loss(states, visual, prepared.image_rows, gt_masks, original_sizes,
+                                                     resized_sizes)[0]
         if out.ce_loss is not None:
             total = weights.ce * out.ce_loss
             if out.mask_bce_loss is not None:
                 total = total + weights.bce * out.mask_bce_loss + weights.dice * out.mask_dice_loss
+            if out.pointer_loss is not None:
+                total = total + weights.pointer * out.pointer_loss
             if not out.num_masks:
                 # no mask loss: tie the (empty) seg embeddings in with weight 0 so their parameters get zero grads
                 total = total + 0.0 * sum(e.sum() for e in out.seg_embeddings)

@@ -134,7 +134,7 @@ def test_the_head_learns_to_point_at_the_target_queries(model):
             (2 * bce + 0.5 * dice).backward()
             opt.step()
         with torch.no_grad():
-            weights = head.weights(torch.cat(states), visual.tokens[[0, 1, 1]])
+            weights = head.log_weights(torch.cat(states), visual.tokens[[0, 1, 1]]).exp()
             pred = model.decode_masks(model.project_seg(states, visual, rows), visual, rows)
     finally:
         model.seg_projection = original
@@ -188,3 +188,52 @@ def test_bad_input(model):
     assert [tuple(e.shape) for e in empty] == [(0, model.mask_dim)]
     with pytest.raises(ValueError, match="unknown seg_head"):
         BridgeConfig(seg_head="sam")
+
+
+def test_pointer_loss_targets_the_best_query_and_does_not_saturate(model):
+    from llm_bridge.losses import pointer_loss, query_mask_ious
+
+    visual = _striped_features(6, model.tower.hidden_size, model.mask_dim)
+    query_masks = torch.einsum("qd,dhw->qhw", visual.query_mask_embeddings[0], visual.pixel_embeddings[0])
+    gt = torch.stack([(query_masks[t] > 0).to(torch.uint8) for t in (2, 5)])
+    gt[1, :, :2] = 255  # ignore pixels count for neither side
+    ious = query_mask_ious(query_masks, gt)
+    assert ious.shape == (2, 6) and ious.argmax(-1).tolist() == [2, 5]
+    assert torch.allclose(ious.max(-1).values, torch.ones(2)) and float(ious.sum()) == 2.0
+    # attention saturated on a wrong query: the mask loss's gradient through the softmax vanishes, this one doesn't
+    logits = torch.full((2, 6), -20.0)
+    logits[:, 0] = 20.0
+    logits.requires_grad_(True)
+    loss, count = pointer_loss(torch.log_softmax(logits, -1), ious)
+    loss.backward()
+    assert count == 2 and float(loss) > 70 and float(logits.grad[0, 2]) < -0.99
+    # near-duplicate queries of the target share the credit: -log of their summed attention
+    dup = ious.clone()
+    dup[0, 4] = 0.95
+    log_w = torch.log_softmax(torch.randn(2, 6), -1)
+    expected = -(torch.logsumexp(log_w[0, [2, 4]], 0) + log_w[1, 5])
+    torch.testing.assert_close(pointer_loss(log_w, dup)[0], expected)
+    # a target no query covers (GLEE missed it) is left out
+    missed = torch.zeros_like(gt[:1])
+    missed[0, 0, 0] = 1
+    assert pointer_loss(torch.full((1, 6), 1 / 6).log(), query_mask_ious(query_masks, missed))[1] == 0
+
+
+def test_forward_adds_the_pointer_loss(model, images):
+    ids, mask, labels = batch(model, [conv("Segment the two.", "They are [SEG] and [SEG].")])
+    visual = images["visual"].select([0])
+    # targets: GLEE's own masks of queries 0 and 1 (so the best query of each is known)
+    gt = [(model.decode_masks([visual.query_mask_embeddings[0, :2]], visual, [0], 1, images["original"][:1],
+                              images["resized"][:1])[0] > 0).to(torch.uint8)]
+    with torch.no_grad():
+        out = model(ids, mask, labels, visual=visual, gt_masks=gt, original_sizes=images["original"][:1],
+                    resized_sizes=images["resized"][:1])
+        expected = out.ce_loss + 2.0 * out.mask_bce_loss + 0.5 * out.mask_dice_loss + 1.0 * out.pointer_loss
+        torch.testing.assert_close(out.loss, expected)
+        hidden = model(ids, mask, visual=visual, return_hidden=True).hidden_states
+        states = model.seg_states(hidden, model.prepare_inputs(ids, mask, None, visual))
+        log_weights = model.seg_projection.log_weights(states[0], visual.tokens[0, :6].expand(2, -1, -1))
+    manual = -(log_weights[0, 0] + log_weights[1, 1]) / 2
+    torch.testing.assert_close(out.pointer_loss, manual, atol=1e-5, rtol=1e-5)
+    mlp = tiny_bridge(tiny_llm_dir(), pooled_tokens_per_side=2)  # LISA's head: no pointer term
+    assert mlp.config.loss_weights.pointer == 0.0

@@ -11,7 +11,7 @@ from llm_bridge.data import BridgeCollator, HybridDataset, ReasonSegDataset, Ref
 from llm_bridge.lora import LoraSettings
 from llm_bridge.model import ReasonSegModel
 from llm_bridge.testing import tiny_bridge, tiny_llm_dir, write_lisa_fixture
-from llm_bridge.train import CONFIG_DIR, BridgeTrainer, TrainConfig, main, warmup_decay
+from llm_bridge.train import CONFIG_DIR, BridgeTrainer, TrainConfig, main, read_prompt_categories, warmup_decay
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster, steadier
 
@@ -113,10 +113,13 @@ def test_train_cli_end_to_end(tmp_path, data_root, capsys):
 
 
 def test_train_cli_pointer_head_with_instance_masks(tmp_path, data_root, capsys):
+    names = tmp_path / "instances.json"  # a COCO file: the tower's prompt is its category names
+    names.write_text(json.dumps({"categories": [{"id": 1, "name": "red circle"}, {"id": 2, "name": "blue star"}]}))
     status = main([
         "--output-dir", str(tmp_path / "run"), "--llm", str(tiny_llm_dir()), "--glee", "tiny",
         "--image-size", "64", "--dataset-dir", str(data_root), "--dataset", "reason_seg", "--sample-rates", "1",
-        "--reason-seg-instances", "--seg-head", "query_pointer", "--explanatory", "-1", "--steps", "2",
+        "--reason-seg-instances", "--seg-head", "query_pointer", "--prompt-categories", str(names),
+        "--explanatory", "-1", "--steps", "2",
         "--batch-size", "1", "--grad-accum", "1", "--warmup-steps", "0", "--precision", "fp32", "--workers", "0",
         "--log-every", "1",
     ])
@@ -124,3 +127,12 @@ def test_train_cli_pointer_head_with_instance_masks(tmp_path, data_root, capsys)
     bridge = ReasonSegModel.from_pretrained(tmp_path / "run/bridge")
     assert bridge.config.seg_head == "query_pointer"
     assert type(bridge.seg_projection).__name__ == "QueryPointerProjection"
+    assert bridge.config.prompt_categories == ["red circle", "blue star"]
+    assert read_prompt_categories(" cat, dog ,") == ["cat", "dog"]
+    (tmp_path / "names.txt").write_text("cat\n\ndog\n")
+    assert read_prompt_categories(str(tmp_path / "names.txt")) == ["cat", "dog"]
+    with pytest.raises(SystemExit, match="no class names"):
+        read_prompt_categories(" , ")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="not a COCO JSON"):
+        read_prompt_categories(str(tmp_path / "bad.json"))
