@@ -138,6 +138,10 @@ class QueryPointerProjection(nn.Module):
     mix of GLEE's query masks (a one-hot ``a`` gives exactly GLEE's mask of that query).  The language model
     only has to rank the queries; with LISA's MLP it must also re-create GLEE's mask embedding, which a small
     LM learns far more slowly.
+
+    Training uses the soft mix (the mask losses reach the attention through it); in eval mode the head takes
+    the single best query, as greedy decoding takes the best token: GLEE's query masks are sharp logits of
+    opposite sign, so a soft mix shows a mask only once the right query holds most of the attention.
     """
 
     def __init__(self, hidden: int, query_dim: int, key_dim: int = 128) -> None:
@@ -155,7 +159,10 @@ class QueryPointerProjection(nn.Module):
         Returns:
             [n, D] mask embeddings.
         """
-        return torch.einsum("nq,nqd->nd", self.log_weights(states, queries).exp(), query_masks.float())
+        weights = self.log_weights(states, queries).exp()
+        if not self.training:
+            weights = F.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
+        return torch.einsum("nq,nqd->nd", weights, query_masks.float())
 
     def log_weights(self, states: Tensor, queries: Tensor) -> Tensor:
         """[n, H], [n, Q, C] -> [n, Q] log-attention of each [SEG] over its image's queries (float32)."""

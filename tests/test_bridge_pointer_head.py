@@ -237,3 +237,16 @@ def test_forward_adds_the_pointer_loss(model, images):
     torch.testing.assert_close(out.pointer_loss, manual, atol=1e-5, rtol=1e-5)
     mlp = tiny_bridge(tiny_llm_dir(), pooled_tokens_per_side=2)  # LISA's head: no pointer term
     assert mlp.config.loss_weights.pointer == 0.0
+
+
+def test_soft_mix_in_training_best_query_in_eval():
+    head = QueryPointerProjection(hidden=16, query_dim=8, key_dim=4)
+    torch.manual_seed(0)
+    states, queries, query_masks = torch.randn(3, 16), torch.randn(3, 5, 8), torch.randn(3, 5, 6)
+    weights = head.log_weights(states, queries).exp()
+    head.train()
+    torch.testing.assert_close(head(states, queries, query_masks), torch.einsum("nq,nqd->nd", weights, query_masks))
+    assert float(weights.max(-1).values.max()) < 0.99  # a real mix, not already one-hot
+    head.eval()
+    best = query_masks[torch.arange(3), weights.argmax(-1)]
+    torch.testing.assert_close(head(states, queries, query_masks), best)
