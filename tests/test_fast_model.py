@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from glee.config import GleeConfig
 from glee.modeling.early_fusion import BiMultiHeadAttention
@@ -42,6 +43,8 @@ def assert_outputs_close(ours: GleeOutput, ref: GleeOutput, atol: float = 1e-4, 
         for k in ("pred_logits", "pred_scores", "pred_boxes"):
             torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol)
     for k, v in ref.interm_outputs.items():
+        if k == "pred_masks" and ours.interm_outputs[k] is None:
+            continue  # the fast modes skip the two-stage masks unless asked (test_interm_masks_...)
         torch.testing.assert_close(ours.interm_outputs[k], v, atol=atol, rtol=rtol)
 
 
@@ -141,6 +144,94 @@ def test_bf16_mode_runs_close_to_float32(model, images):
     assert (bf16.pixel_embeddings - fp32.pixel_embeddings).abs().max() < 0.05 * scale
     assert not torch.equal(bf16.pixel_embeddings, fp32.pixel_embeddings)  # it did run in bf16
     assert model.inference_mode == "fast"
+
+
+def test_interm_masks_skipped_at_fast_inference_unless_requested(images):
+    torch.manual_seed(0)
+    model = GleeModel(GleeConfig.preset("tiny")).eval()
+    ref = run(model, "reference", images, categories=NAMES)
+    assert ref.interm_outputs["pred_masks"] is not None  # reference mode computes what the official code does
+    assert run(model, "reference", images, categories=NAMES, interm_masks=False).interm_outputs["pred_masks"] is None
+    for mode in ("fast", "fast_bf16"):
+        out = run(model, mode, images, categories=NAMES)
+        assert out.interm_outputs["pred_masks"] is None, mode
+        assert out.interm_outputs["pred_logits"] is not None and out.pred_masks is not None
+        asked = run(model, mode, images, categories=NAMES, interm_masks=True)
+        masks = asked.interm_outputs["pred_masks"]
+        assert masks is not None and masks.dtype == torch.float32 and masks.shape == ref.interm_outputs[
+            "pred_masks"].shape
+        if mode == "fast":  # asked for, they are the reference's; nothing else changes
+            torch.testing.assert_close(masks, ref.interm_outputs["pred_masks"], atol=1e-4, rtol=1e-4)
+            assert_outputs_close(asked, ref)
+            assert_outputs_close(out, asked, atol=0, rtol=0)
+    with torch.no_grad():  # all_layer_masks (training-style outputs) implies them
+        out = model(images[:1], categories=NAMES[:2], all_layer_masks=True)
+    assert out.interm_outputs["pred_masks"] is not None
+    model.train()  # training: always (the losses match them)
+    out = model(images[:1], categories=NAMES[:2])
+    assert out.interm_outputs["pred_masks"] is not None and out.interm_outputs["pred_masks"].requires_grad
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_blocked_decoder_equals_the_float32_decoder(images, threads):
+    """bf16 mode's decoder (query blocks on worker threads, value projection after the sampling, category_embed
+    folded into the prompt) computes the same function: run in float32 it equals the float32 fast decoder."""
+    from glee.modeling.object_decoder import ObjectDecoder
+
+    torch.manual_seed(0)
+    model = GleeModel(GleeConfig.preset("tiny")).eval()
+    with torch.no_grad():  # clear gaps between the token scores (torch.rand init gives near-ties in the top-k)
+        model.predictor.category_embed.normal_(0.0, 0.0625)
+        for module in model.modules():
+            if hasattr(module, "sampling_offsets"):
+                module.sampling_offsets.weight.normal_(std=0.3)
+    captured = {}
+    hook = model.predictor.register_forward_pre_hook(
+        lambda _, args, kwargs: captured.update(args=args, kwargs=kwargs), with_kwargs=True)
+    masks = torch.zeros(2, 70, 90, dtype=torch.bool)
+    masks[0, 10:30, 20:50] = True
+    masks[1, 40:60, 5:25] = True
+    visual = {"categories": ["object"], "visual_prompt_masks": masks, "visual_prompt_type": "box"}
+    for prompt in ({"categories": NAMES}, {"expressions": EXPRESSIONS}, visual):  # no / one / per-level token sets
+        run(model, "fast", images, **prompt)
+        features, mask_features, decoder_prompt = captured["args"][:3]
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.no_grad():
+                plain = model.predictor(features, mask_features, decoder_prompt)
+                blocked = model.predictor(features, mask_features, decoder_prompt, value_dtype=torch.bfloat16)
+        finally:
+            torch.set_num_threads(previous)
+        assert isinstance(model.predictor, ObjectDecoder)
+        for name in ("pred_logits", "pred_scores", "pred_boxes", "pred_masks", "pred_track_embed"):
+            torch.testing.assert_close(getattr(blocked, name), getattr(plain, name), atol=1e-4, rtol=1e-4, msg=name)
+        for a, b in zip(blocked.aux_outputs, plain.aux_outputs):
+            for k in ("pred_logits", "pred_scores", "pred_boxes"):
+                torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
+        assert len(blocked.aux_outputs) == len(plain.aux_outputs) == model.cfg.dec_layers
+    hook.remove()
+
+
+def test_add_upsampled_2x_equals_bilinear_interpolate():
+    from glee.modeling.pixel_decoder import add_upsampled_2x_
+
+    gen = torch.Generator().manual_seed(0)
+    for b, h, w, c, extra in ((1, 10, 13, 16, 7), (2, 5, 7, 8, 3), (1, 1, 1, 8, 0), (1, 1, 6, 4, 2), (3, 4, 1, 4, 0)):
+        sequence = torch.randn(b, h * w + extra, c, generator=gen)  # the map is the first h * w tokens
+        tokens = sequence[:, : h * w]
+        lateral = torch.randn(b, c, 2 * h, 2 * w, generator=gen).contiguous(memory_format=torch.channels_last)
+        up = F.interpolate(tokens.transpose(1, 2).reshape(b, c, h, w), scale_factor=2, mode="bilinear",
+                           align_corners=False)
+        for rows in (1, 3, 100):
+            out = lateral.clone()
+            assert add_upsampled_2x_(out, tokens, rows) is out
+            torch.testing.assert_close(out, lateral + up, atol=1e-6, rtol=1e-6)
+        low = lateral.bfloat16()  # the bf16 mode: float32 tokens added into a bf16 lateral with one rounding
+        add_upsampled_2x_(low, tokens)
+        torch.testing.assert_close(low.float(), lateral.bfloat16().float() + up, atol=2e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="channels-last"):
+        add_upsampled_2x_(torch.zeros(1, 4, 4, 6), torch.zeros(1, 6, 4))
 
 
 def test_mode_switch_keeps_state_dict_and_training_computes_reference(images):

@@ -146,3 +146,65 @@ def test_triton_kernel_equals_gather_on_gpu():  # pragma: no cover - no GPU wher
     value, locations, weights = (t.cuda() for t in random_problem(shapes, n, m, d, lq, p, seed=5))
     torch.testing.assert_close(fast.ms_deform_attn_triton(value, shapes, locations, weights),
                                ms_deform_attn_core(value, shapes, locations, weights), atol=1e-5, rtol=1e-5)
+
+
+def test_attend_memory_samples_unprojected_rows_like_projecting_first():
+    """Decoder path: sampling the raw memory rows and projecting the sampled ones equals projecting all tokens
+    first (the projection is linear; off-map corners contribute neither the row nor the bias)."""
+    torch.manual_seed(1)
+    attn = MultiScaleDeformableAttention(d_model=32, n_levels=3, n_heads=4, n_points=2).eval()
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.5)  # spread the points, some off the map
+    torch.nn.init.normal_(attn.value_proj.bias)  # a bias that would show if it were counted for off-map corners
+    shapes = [(6, 5), (3, 3), (1, 2)]
+    s = sum(h * w for h, w in shapes)
+    query, memory = torch.randn(2, 7, 32), torch.randn(2, s, 32)
+    for refs in (torch.rand(2, 7, 3, 4) * 1.4 - 0.2, torch.rand(2, 7, 3, 2)):
+        with torch.no_grad():
+            ref = attn.attend(query, refs, attn.project_value(memory), shapes)
+            attn.fast_kernel = fast.ms_deform_attn_auto
+            out = attn.attend_memory(query, refs, memory, shapes)
+            out_bf16 = attn.attend_memory(query, refs, memory.bfloat16(), shapes)
+            attn.fast_kernel = None
+            plain = attn.attend_memory(query, refs, memory, shapes)  # no fast kernel: project, then attend
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(plain, ref, atol=0, rtol=0)
+        assert out_bf16.dtype == torch.float32
+        torch.testing.assert_close(out_bf16, ref, atol=3e-2, rtol=3e-2)  # bf16 rounding of the memory only
+    if fast.cpu_kernel_available():
+        # points on random pixel centres: all their weight is on the map, so weight_sum counts the points
+        size = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32).view(1, 1, 1, 3, 1, 2)
+        loc = ((torch.rand(2, 7, 4, 3, 2, 2) * size).floor() + 0.5) / size
+        sampled, weight_sum = fast.ms_deform_attn_rows_cpu(memory, shapes, loc, torch.ones(2, 7, 4, 3, 2))
+        assert sampled.shape == (2, 4, 7, 32) and weight_sum.shape == (2, 4, 7)
+        torch.testing.assert_close(weight_sum, torch.full_like(weight_sum, 6.0))
+        with pytest.raises(ValueError, match="positions"):
+            fast.ms_deform_attn_rows_cpu(memory[:, :-1], shapes, loc, torch.ones(2, 7, 4, 3, 2))
+
+
+@pytest.mark.parametrize("spread", [(-0.3, 1.3), (0.05, 0.95)])
+def test_vectorised_bf16_fused_kernel_equals_scalar_kernel(monkeypatch, spread):
+    """The encoder's bf16 path (head dim 32) uses a vectorised kernel; it must equal the scalar one up to float32
+    rounding, for points off the map, on one-pixel and one-row levels and for per-image references."""
+    if not fast.cpu_kernel_available():
+        pytest.skip("no C compiler: the gather kernel is used instead")
+    torch.manual_seed(2)
+    attn = MultiScaleDeformableAttention(d_model=256, n_levels=4, n_heads=8, n_points=4).eval()
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.2)
+    torch.nn.init.normal_(attn.attention_weights.weight, std=0.2)
+    attn.fast_kernel = fast.ms_deform_attn_auto
+    shapes = [(9, 13), (5, 7), (1, 4), (1, 1)]
+    s = sum(h * w for h, w in shapes)
+    lo, hi = spread
+    query = torch.randn(2, 50, 256)
+    value = torch.randn(2, s, 8, 32).bfloat16()
+    refs = torch.rand(2, 50, 4, 2) * (hi - lo) + lo
+    outs = {}
+    with torch.no_grad():
+        for flag in ("0", "1"):
+            monkeypatch.setenv("GLEE_MSDA_VECTORISED", flag)
+            outs[flag] = fast.attend_fused_cpu(attn, query, refs, value, shapes)
+        expected = fast.attend_fused_cpu(attn, query, refs, value.float(), shapes)  # float32 kernel, same values
+    assert outs["1"].dtype == torch.bfloat16
+    torch.testing.assert_close(outs["1"].float(), outs["0"].float(), atol=1e-2, rtol=1e-2)  # one bf16 rounding
+    torch.testing.assert_close(outs["1"].float(), expected, atol=1e-2, rtol=1e-2)
+

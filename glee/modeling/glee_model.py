@@ -343,6 +343,7 @@ class GleeModel(nn.Module):
         denoising: DenoisingQueries | None = None,
         all_layer_masks: bool = False,
         visual_prompt: VisualPromptEmbeddings | None = None,
+        interm_masks: bool | None = None,
     ) -> GleeOutput:
         """
         Args:
@@ -356,6 +357,10 @@ class GleeModel(nn.Module):
             all_layer_masks: masks for every prediction set (training).
             visual_prompt: a prompt already encoded by an earlier forward (its ``extra["visual_prompt"]``), used
                 instead of ``visual_prompt_masks`` (video object segmentation keeps the first frame's prompt).
+            interm_masks: whether ``interm_outputs["pred_masks"]`` (masks of the two-stage query selection, used
+                by the training losses) is computed.  Default (None): yes in training, in reference mode and
+                with ``all_layer_masks``; no in the fast inference modes, where it is None (300 mask maps at
+                the pixel-embedding resolution that no prediction uses).  Pass True to get them there too.
         """
         images = self._check_images(images)
         if (self.inference_mode == "fast_bf16" and not self.training
@@ -367,7 +372,7 @@ class GleeModel(nn.Module):
                 expressions = self.encode_expressions(expressions)
             with torch.autocast(images.device.type, dtype=torch.bfloat16):
                 out = self.forward(images, categories, expressions, visual_prompt_masks, visual_prompt_type,
-                                   generator, denoising, all_layer_masks, visual_prompt)
+                                   generator, denoising, all_layer_masks, visual_prompt, interm_masks)
             return _outputs_to_float32(out)
         batch = images.shape[0]
         if categories is None and expressions is None:
@@ -445,13 +450,15 @@ class GleeModel(nn.Module):
         if self._fast() and torch.is_autocast_enabled(padded.device.type):
             # bf16 mode: the object decoder (300 queries, small GEMMs) stays float32 -- cheap, and it keeps the
             # two-stage top-k and the heads precise -- except its largest product, the masks, which takes the
-            # bf16 pixel embedding as it is (see ObjectDecoder.prediction_heads), and the per-layer value
-            # projections of the memory, which it computes in bf16
+            # bf16 pixel embedding as it is (see ObjectDecoder.mask_logits); on CPU it runs blocked (query blocks
+            # on worker threads, value projection after the sampling; see ObjectDecoder.forward)
             decoder_context = torch.autocast(padded.device.type, enabled=False)
             value_dtype = torch.get_autocast_dtype(padded.device.type)
+        if interm_masks is None:
+            interm_masks = all_layer_masks or not self._fast()
         with decoder_context:
             out = self.predictor(pix.multi_scale_features, mask_features, prompt, denoising, all_layer_masks,
-                                 value_dtype=value_dtype)
+                                 value_dtype=value_dtype, interm_masks=interm_masks)
         if out.dn_outputs is not None:
             extra["dn_outputs"] = out.dn_outputs
         return GleeOutput(

@@ -112,6 +112,32 @@ class MultiScaleDeformableAttention(nn.Module):
             sampled = self.fast_kernel.attend(self, query, reference_points, value, spatial_shapes)
             if sampled is not None:
                 return fused_linear(self._output_dtype(sampled), self.output_proj.weight, self.output_proj.bias)
+        locations, weights = self.sampling_points(query, reference_points, spatial_shapes)
+        # ``kernel`` (class-level staticmethod or per-instance function) is the reference; ``fast_kernel`` is set
+        # by GleeModel's fast inference modes and used only in eval mode
+        kernel = self.fast_kernel if fast else self.kernel
+        out = kernel(value, spatial_shapes, locations, weights)
+        return self.output_proj(self._output_dtype(out))
+
+    def attend_memory(
+        self, query: Tensor, reference_points: Tensor, memory: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """``attend(query, reference_points, project_value(memory), spatial_shapes)``; [N, Lq, C] -> [N, Lq, C].
+
+        For few queries over a large memory (the object decoder: 300 queries, ~18k tokens) the fast CPU path
+        samples the unprojected memory rows and applies ``value_proj`` to the sampled rows only
+        (``fast_kernel.attend_rows``); the value projection is linear, so the result is the same up to rounding.
+        """
+        if self.fast_kernel is not None and not self.training and hasattr(self.fast_kernel, "attend_rows"):
+            sampled = self.fast_kernel.attend_rows(self, query, reference_points, memory, spatial_shapes)
+            if sampled is not None:
+                return self.output_proj(self._output_dtype(sampled))
+        return self.attend(query, reference_points, self.project_value(memory), spatial_shapes)
+
+    def sampling_points(
+        self, query: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """Sampling locations [N, Lq, M, L, P, 2] (normalised x, y) and softmaxed weights [N, Lq, M, L, P]."""
         n, lq, _ = query.shape
         offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
@@ -126,11 +152,7 @@ class MultiScaleDeformableAttention(nn.Module):
             )
         else:
             raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape}")
-        # ``kernel`` (class-level staticmethod or per-instance function) is the reference; ``fast_kernel`` is set
-        # by GleeModel's fast inference modes and used only in eval mode
-        kernel = self.fast_kernel if fast else self.kernel
-        out = kernel(value, spatial_shapes, locations, weights)
-        return self.output_proj(self._output_dtype(out))
+        return locations, weights
 
     def _output_dtype(self, sampled: Tensor) -> Tensor:
         """Sampled values come back in the values' dtype: bf16 values (the bf16 decoder's value projection)

@@ -256,6 +256,174 @@ void NAME(const VT* value, const float* ref, int64_t ref_bstride, const float* p
 }
 DEFINE_FUSED(glee_msda_fused_f32, glee_msda_f32, float, ID)
 DEFINE_FUSED(glee_msda_fused_bf16, glee_msda_bf16, uint16_t, f32_to_bf16)
+
+/* bf16 values with D == 32 and L * P <= 64 (the encoder's layout), vectorised: per (query, head) the softmax (a
+   polynomial exp, ~1e-7 relative error), the sampling points and their corner rows and weights are computed for
+   all L * P points at once in SIMD-friendly loops (off-map corners get weight 0 and a clamped, valid row), then the
+   4 * L * P rows are gathered branch-free into two 16-float register accumulators.  Same result as
+   glee_msda_fused_bf16 up to float32 rounding, ~1.9x faster (encoder layer at 800 px, one thread). */
+typedef float v16f __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+
+static inline v16f ld_bf16x16(const uint16_t* p) {
+  v16h h; memcpy(&h, p, 32);
+  v16u u = __builtin_convertvector(h, v16u) << 16;
+  v16f f; memcpy(&f, &u, 64); return f;
+}
+void glee_msda_fused_bf16_d32(const uint16_t* value, const float* ref, int64_t ref_bstride, const float* proj,
+                              int64_t proj_stride, uint16_t* out, const int64_t* shapes, const int64_t* starts,
+                              int64_t N, int64_t S, int64_t M, int64_t D, int64_t Q, int64_t L, int64_t P,
+                              int nthreads) {
+  (void)D;  /* 32; M <= 16 and L * P <= 64 (checked by the caller) */
+  const int LP = (int)(L * P);
+  const int64_t rowstep = M * 32;
+  #pragma omp parallel num_threads(nthreads)
+  {
+  /* per-point level constants, private to each thread (the vectoriser needs them local) */
+  float Wk[64], Hk[64]; int32_t Wik[64], Hik[64], Sk[64];
+  for (int k = 0; k < LP; ++k) {
+    const int l = k / (int)P;
+    Wk[k] = (float)shapes[2 * l + 1]; Hk[k] = (float)shapes[2 * l];
+    Wik[k] = (int32_t)shapes[2 * l + 1]; Hik[k] = (int32_t)shapes[2 * l]; Sk[k] = (int32_t)starts[l];
+  }
+  #pragma omp for schedule(guided)
+  for (int64_t nq = 0; nq < N * Q; ++nq) {
+    float rx[64], ry[64], e[64], sc[64], w00[16][64], w01[16][64], w10[16][64], w11[16][64];
+    int32_t i00[16][64], i01[16][64], i10[16][64], i11[16][64], eb[64];
+    const int64_t n = nq / Q, q = nq % Q;
+    const float* r = ref + n * ref_bstride + q * L * 2;
+    for (int k = 0; k < LP; ++k) { const int l = k / (int)P; rx[k] = r[2 * l]; ry[k] = r[2 * l + 1]; }
+    const float* offs = proj + nq * proj_stride;
+    const float* logits = offs + M * LP * 2;
+    /* pass 1, every head: softmax and points */
+    for (int64_t m = 0; m < M; ++m) {
+      const float* lg = logits + m * LP;
+      const float* of = offs + m * LP * 2;
+      float mx = lg[0];
+      for (int k = 1; k < LP; ++k) mx = lg[k] > mx ? lg[k] : mx;
+      for (int k = 0; k < LP; ++k) {
+        float x = lg[k] - mx;
+        x = x > -87.f ? x : -87.f;
+        const float nf = floorf(x * 1.44269504f + 0.5f);
+        const float t = x - nf * 0.693145751953125f - nf * 1.428606765330187e-06f;
+        /* exp(x) = 2^nf * exp(t), |t| <= ln2 / 2: degree-6 Taylor polynomial times the exponent bits of 2^nf */
+        e[k] = 1.f + t * (1.f + t * (0.5f + t * (0.16666667f + t * (0.041666668f + t * (0.008333334f
+                                                                                          + t * 0.0013888889f)))));
+        eb[k] = ((int32_t)nf + 127) << 23;
+      }
+      memcpy(sc, eb, sizeof(float) * LP);
+      float sum = 0.f;
+      for (int k = 0; k < LP; ++k) e[k] *= sc[k];
+      for (int k = 0; k < LP; ++k) sum += e[k];
+      const float inv = 1.f / sum;
+      /* points: grid_sample's unnormalisation; off-map corners get weight 0 and a clamped (valid) row */
+      for (int k = 0; k < LP; ++k) {
+        const float W = Wk[k], H = Hk[k];
+        const float lx = rx[k] + of[2 * k] / W, ly = ry[k] + of[2 * k + 1] / H;
+        float x = (2.f * lx - 1.f + 1.f) * (W * 0.5f) - 0.5f;
+        float y = (2.f * ly - 1.f + 1.f) * (H * 0.5f) - 0.5f;
+        const int inside = (x > -1.f) & (y > -1.f) & (x < W) & (y < H);
+        const float a = inside ? e[k] * inv : 0.f;
+        x = x > -2.f ? x : -2.f; x = x < W + 1.f ? x : W + 1.f;
+        y = y > -2.f ? y : -2.f; y = y < H + 1.f ? y : H + 1.f;
+        const float x0f = floorf(x), y0f = floorf(y);
+        const float fx = x - x0f, fy = y - y0f;
+        const int32_t x0 = (int32_t)x0f, y0 = (int32_t)y0f, Wi = Wik[k], Hi = Hik[k];
+        const float vx0 = x0 >= 0 ? 1.f : 0.f, vx1 = x0 + 1 < Wi ? 1.f : 0.f;
+        const float vy0 = y0 >= 0 ? 1.f : 0.f, vy1 = y0 + 1 < Hi ? 1.f : 0.f;
+        int32_t cx0 = x0 < 0 ? 0 : x0; cx0 = cx0 > Wi - 1 ? Wi - 1 : cx0;
+        int32_t cx1 = x0 + 1 < 0 ? 0 : x0 + 1; cx1 = cx1 > Wi - 1 ? Wi - 1 : cx1;
+        int32_t cy0 = y0 < 0 ? 0 : y0; cy0 = cy0 > Hi - 1 ? Hi - 1 : cy0;
+        int32_t cy1 = y0 + 1 < 0 ? 0 : y0 + 1; cy1 = cy1 > Hi - 1 ? Hi - 1 : cy1;
+        w00[m][k] = (1.f - fx) * (1.f - fy) * a * (vx0 * vy0);
+        w01[m][k] = fx * (1.f - fy) * a * (vx1 * vy0);
+        w10[m][k] = (1.f - fx) * fy * a * (vx0 * vy1);
+        w11[m][k] = fx * fy * a * (vx1 * vy1);
+        i00[m][k] = Sk[k] + cy0 * Wi + cx0; i01[m][k] = Sk[k] + cy0 * Wi + cx1;
+        i10[m][k] = Sk[k] + cy1 * Wi + cx0; i11[m][k] = Sk[k] + cy1 * Wi + cx1;
+      }
+    }
+    /* pass 2, every head: gather 4 corner rows per point into two accumulator pairs, prefetching the next
+       head's rows (cache-latency bound otherwise) */
+    for (int64_t m = 0; m < M; ++m) {
+      if (m + 1 < M) {
+        const uint16_t* vn = value + (n * S * M + m + 1) * 32;
+        for (int k = 0; k < LP; ++k) {
+          __builtin_prefetch(vn + (int64_t)i00[m + 1][k] * rowstep);
+          __builtin_prefetch(vn + (int64_t)i01[m + 1][k] * rowstep);
+          __builtin_prefetch(vn + (int64_t)i10[m + 1][k] * rowstep);
+          __builtin_prefetch(vn + (int64_t)i11[m + 1][k] * rowstep);
+        }
+      }
+      const uint16_t* vb = value + (n * S * M + m) * 32;
+      v16f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+      for (int k = 0; k < LP; ++k) {
+        const uint16_t* r00 = vb + (int64_t)i00[m][k] * rowstep;
+        const uint16_t* r01 = vb + (int64_t)i01[m][k] * rowstep;
+        const uint16_t* r10 = vb + (int64_t)i10[m][k] * rowstep;
+        const uint16_t* r11 = vb + (int64_t)i11[m][k] * rowstep;
+        a0 += w00[m][k] * ld_bf16x16(r00) + w01[m][k] * ld_bf16x16(r01);
+        a1 += w00[m][k] * ld_bf16x16(r00 + 16) + w01[m][k] * ld_bf16x16(r01 + 16);
+        b0 += w10[m][k] * ld_bf16x16(r10) + w11[m][k] * ld_bf16x16(r11);
+        b1 += w10[m][k] * ld_bf16x16(r10 + 16) + w11[m][k] * ld_bf16x16(r11 + 16);
+      }
+      a0 += b0; a1 += b1;
+      uint16_t* o = out + (nq * M + m) * 32;
+      for (int d = 0; d < 16; ++d) { o[d] = f32_to_bf16(a0[d]); o[16 + d] = f32_to_bf16(a1[d]); }
+    }
+  }
+  }
+}
+
+/* Sampling of UNPROJECTED rows, for few queries over a large memory (the object decoder): every head samples the
+   full C-wide memory row [N, S, C] at its own points; out [N, M, Q, C] holds the weighted sums (float32) and wsum
+   [N, M, Q] the summed weight of the on-map corners, so that value_proj can be applied afterwards per head
+   (sum_k w_k (W r_k + b) = W (sum_k w_k r_k) + b sum_k w_k; off-map corners are zero padding, not b). */
+#define DEFINE_ROWS(NAME, VT, LOAD)                                                                            \
+static inline void NAME##_point(const VT* __restrict__ vbase, int64_t H, int64_t W, int64_t C, float lx,        \
+                                float ly, float a, float* __restrict__ acc, float* ws) {                     \
+  const float x = (2.f * lx - 1.f + 1.f) * ((float)W * 0.5f) - 0.5f;                                          \
+  const float y = (2.f * ly - 1.f + 1.f) * ((float)H * 0.5f) - 0.5f;                                          \
+  if (!(x > -1.f && y > -1.f && x < (float)W && y < (float)H)) return;                                       \
+  const float x0f = floorf(x), y0f = floorf(y);                                                              \
+  const int64_t x0 = (int64_t)x0f, y0 = (int64_t)y0f;                                                        \
+  const float fx = x - x0f, fy = y - y0f;                                                                    \
+  const float w[4] = {(1.f - fx) * (1.f - fy) * a, fx * (1.f - fy) * a, (1.f - fx) * fy * a, fx * fy * a};      \
+  for (int c = 0; c < 4; ++c) {                                                                              \
+    const int64_t xc = x0 + (c & 1), yc = y0 + (c >> 1);                                                     \
+    if (xc < 0 || xc >= W || yc < 0 || yc >= H) continue;                                                    \
+    const VT* __restrict__ row = vbase + (yc * W + xc) * C;                                                  \
+    const float wc = w[c];                                                                                   \
+    *ws += wc;                                                                                               \
+    for (int64_t d = 0; d < C; ++d) acc[d] += wc * LOAD(row[d]);                                             \
+  }                                                                                                          \
+}                                                                                                            \
+void NAME(const VT* table, const float* loc, const float* attn, float* out, float* wsum, const int64_t* shapes,  \
+          const int64_t* starts, int64_t N, int64_t S, int64_t M, int64_t C, int64_t Q, int64_t L, int64_t P,  \
+          int nthreads) {                                                                                    \
+  _Pragma("omp parallel for num_threads(nthreads) schedule(guided)")                                         \
+  for (int64_t it = 0; it < N * M * Q; ++it) {                                                               \
+    float acc[256], ws = 0.f;                                                                                \
+    const int64_t n = it / (M * Q), m = (it / Q) % M, q = it % Q;                                            \
+    const int64_t pbase = ((n * Q + q) * M + m) * L * P;                                                     \
+    for (int64_t d = 0; d < C; ++d) acc[d] = 0.f;                                                            \
+    for (int64_t l = 0; l < L; ++l) {                                                                        \
+      const VT* vbase = table + (n * S + starts[l]) * C;                                                     \
+      for (int64_t p = 0; p < P; ++p) {                                                                      \
+        const int64_t i = pbase + l * P + p;                                                                 \
+        if (C == 256) NAME##_point(vbase, shapes[2 * l], shapes[2 * l + 1], 256, loc[2 * i], loc[2 * i + 1],    \
+                                   attn[i], acc, &ws);                                                       \
+        else NAME##_point(vbase, shapes[2 * l], shapes[2 * l + 1], C, loc[2 * i], loc[2 * i + 1], attn[i], acc, \
+                          &ws);                                                                              \
+      }                                                                                                      \
+    }                                                                                                        \
+    memcpy(out + it * C, acc, (size_t)C * sizeof(float));                                                    \
+    wsum[it] = ws;                                                                                           \
+  }                                                                                                          \
+}
+DEFINE_ROWS(glee_msda_rows_f32, float, ID)
+DEFINE_ROWS(glee_msda_rows_bf16, uint16_t, bf16_to_f32)
 """
 _C_MAX_HEAD_DIM = 256  # the kernel's per-head accumulator size
 
@@ -287,8 +455,10 @@ def build_cpu_kernel(force: bool = False, verbose: bool = False) -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler (gcc/cc/clang) found; the fast CPU deformable-attention kernel needs one "
                            "(the pure-PyTorch gather kernel is used instead)")
-    attempts = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"]]
-    key = hashlib.sha256((_C_SOURCE + _cpu_signature() + compiler).encode()).hexdigest()[:16]
+    # no errno / FP-trap semantics (the kernels use neither) lets the compiler vectorise floorf and the comparisons
+    fp = ["-fno-math-errno", "-fno-trapping-math"]
+    attempts = [["-O3", "-march=native", *fp, "-fopenmp"], ["-O3", *fp, "-fopenmp"], ["-O3", *fp]]
+    key = hashlib.sha256((_C_SOURCE + _cpu_signature() + compiler + repr(attempts)).encode()).hexdigest()[:16]
     folder = _cache_dir()
     target = folder / f"glee_msda_{key}.so"
     if target.exists() and not force:
@@ -325,8 +495,11 @@ def _cpu_library() -> ctypes.CDLL | None:
     for fn in (lib.glee_msda_f32, lib.glee_msda_bf16):
         fn.argtypes = [ptr] * 6 + [i64] * 7 + [ctypes.c_int]
         fn.restype = None
-    for fn in (lib.glee_msda_fused_f32, lib.glee_msda_fused_bf16):
+    for fn in (lib.glee_msda_fused_f32, lib.glee_msda_fused_bf16, lib.glee_msda_fused_bf16_d32):
         fn.argtypes = [ptr, ptr, i64, ptr, i64, ptr, ptr, ptr] + [i64] * 7 + [ctypes.c_int]
+        fn.restype = None
+    for fn in (lib.glee_msda_rows_f32, lib.glee_msda_rows_bf16):
+        fn.argtypes = [ptr] * 7 + [i64] * 7 + [ctypes.c_int]
         fn.restype = None
     return lib
 
@@ -372,6 +545,89 @@ def ms_deform_attn_cpu(
     fn(value.data_ptr(), loc.data_ptr(), attn.data_ptr(), out.data_ptr(), shapes.data_ptr(), starts.data_ptr(),
        n, s, m, d, lq, nl, npts, torch.get_num_threads())
     return out.to(out_dtype)
+
+
+def ms_deform_attn_rows_cpu(
+    memory: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Deformable sampling of the unprojected memory: each head samples whole C-wide rows (C kernel, forward only).
+
+    ``ms_deform_attn_core(value_proj(memory))`` equals ``value_proj`` applied per head to ``sampled`` with the bias
+    scaled by ``weight_sum`` (see ``project_sampled_rows``): for a few hundred queries over ~18k memory tokens
+    that replaces the projection of every token by one of the Q * M sampled rows.
+
+    Args:
+        memory: [N, S, C] float32 or bfloat16 (C <= 256).
+        sampling_locations: [N, Lq, M, L, P, 2] normalised (x, y); attention_weights: [N, Lq, M, L, P].
+    Returns:
+        sampled [N, M, Lq, C] float32 (attention x bilinear weighted row sums) and weight_sum [N, M, Lq] float32
+        (the summed weight of the on-map corners).
+    """
+    lib = _cpu_library()
+    if lib is None:
+        raise RuntimeError("the CPU deformable-attention C kernel is unavailable")
+    if memory.device.type != "cpu" or memory.dim() != 3:
+        raise ValueError(f"memory must be a CPU tensor [N, S, C], got {tuple(memory.shape)} on {memory.device}")
+    n, s, c = memory.shape
+    _, lq, m, nl, npts, two = sampling_locations.shape
+    if (two != 2 or nl != len(spatial_shapes) or attention_weights.shape != sampling_locations.shape[:-1]
+            or sampling_locations.shape[0] != n or c > _C_MAX_HEAD_DIM):
+        raise ValueError(f"inconsistent shapes: memory {tuple(memory.shape)}, locations "
+                         f"{tuple(sampling_locations.shape)}, weights {tuple(attention_weights.shape)}, "
+                         f"{len(spatial_shapes)} levels (C at most {_C_MAX_HEAD_DIM})")
+    if s != sum(h * w for h, w in spatial_shapes):
+        raise ValueError(f"memory has {s} positions but spatial_shapes {spatial_shapes} cover "
+                         f"{sum(h * w for h, w in spatial_shapes)}")
+    if memory.dtype not in (torch.float32, torch.bfloat16):
+        memory = memory.float()
+    memory = memory.contiguous()
+    loc = sampling_locations.detach().to(torch.float32).contiguous()
+    attn = attention_weights.detach().to(torch.float32).contiguous()
+    shapes = torch.tensor([int(v) for hw in spatial_shapes for v in hw], dtype=torch.int64)
+    starts = torch.tensor([0] + [int(h) * int(w) for h, w in spatial_shapes][:-1], dtype=torch.int64).cumsum(0)
+    sampled = torch.empty(n, m, lq, c, dtype=torch.float32)
+    weight_sum = torch.empty(n, m, lq, dtype=torch.float32)
+    fn = lib.glee_msda_rows_f32 if memory.dtype == torch.float32 else lib.glee_msda_rows_bf16
+    fn(memory.data_ptr(), loc.data_ptr(), attn.data_ptr(), sampled.data_ptr(), weight_sum.data_ptr(),
+       shapes.data_ptr(), starts.data_ptr(), n, s, m, c, lq, nl, npts, torch.get_num_threads())
+    return sampled, weight_sum
+
+
+def project_sampled_rows(sampled: Tensor, weight_sum: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Per-head ``value_proj`` of sampled memory rows: [N, M, Lq, C], [N, M, Lq] -> [N, Lq, M * D] (float32).
+
+    Head ``m`` owns rows ``m * D .. (m + 1) * D`` of the [M * D, C] weight; its bias counts once per unit of
+    on-map sampling weight.
+    """
+    n, m, lq, c = sampled.shape
+    w = weight.detach().float().view(1, m, -1, c)  # [1, M, D, C]
+    out = torch.matmul(sampled, w.transpose(-1, -2))  # [N, M, Lq, D]
+    if bias is not None:
+        out = out + weight_sum.unsqueeze(-1) * bias.detach().float().view(1, m, 1, -1)
+    return out.permute(0, 2, 1, 3).reshape(n, lq, -1)
+
+
+def attend_rows_cpu(
+    module: torch.nn.Module, query: Tensor, reference_points: Tensor, memory: Tensor,
+    spatial_shapes: list[tuple[int, int]],
+) -> Tensor | None:
+    """``MultiScaleDeformableAttention.attend(query, refs, project_value(memory))`` up to ``output_proj``, sampling
+    the unprojected memory rows (``ms_deform_attn_rows_cpu``) and projecting the Q * M sampled rows instead of
+    all S memory tokens.  Returns None where it does not apply (non-CPU tensors, autograd, no C kernel, C > 256).
+    """
+    if (query.device.type != "cpu" or memory.shape[-1] > _C_MAX_HEAD_DIM or _cpu_library() is None
+            or (torch.is_grad_enabled() and (query.requires_grad or memory.requires_grad
+                                             or module.value_proj.weight.requires_grad))):
+        return None
+    locations, weights = module.sampling_points(query, reference_points, spatial_shapes)
+    sampled, weight_sum = ms_deform_attn_rows_cpu(memory, spatial_shapes, locations, weights)
+    return project_sampled_rows(sampled, weight_sum, module.value_proj.weight, module.value_proj.bias)
+
+
+def _vectorised_bf16_kernel() -> bool:
+    """Whether the fused bf16 path uses the vectorised D = 32 kernel (default; ``GLEE_MSDA_VECTORISED=0``: the
+    scalar one, e.g. to compare)."""
+    return os.environ.get("GLEE_MSDA_VECTORISED", "1") != "0"
 
 
 def _fused_projection(module: torch.nn.Module) -> tuple[Tensor, Tensor]:
@@ -429,7 +685,11 @@ def attend_fused_cpu(
     shapes = torch.tensor([int(v) for hw in spatial_shapes for v in hw], dtype=torch.int64)
     starts = torch.tensor([0] + [int(h) * int(w) for h, w in spatial_shapes][:-1], dtype=torch.int64).cumsum(0)
     out = value.new_empty(n, lq, m * d)
-    fn = lib.glee_msda_fused_f32 if value.dtype == torch.float32 else lib.glee_msda_fused_bf16
+    if value.dtype == torch.float32:
+        fn = lib.glee_msda_fused_f32
+    else:
+        vectorised = d == 32 and m <= 16 and _vectorised_bf16_kernel()  # its per-head arrays hold 16 heads
+        fn = lib.glee_msda_fused_bf16_d32 if vectorised else lib.glee_msda_fused_bf16
     fn(value.data_ptr(), ref.data_ptr(), ref_bstride, proj.data_ptr(), proj.shape[-1], out.data_ptr(),
        shapes.data_ptr(), starts.data_ptr(), n, s, m, d, lq, nl, npts, torch.get_num_threads())
     return out.to(out_dtype)
@@ -553,6 +813,8 @@ def ms_deform_attn_auto(
 
 # MultiScaleDeformableAttention.attend tries ``fast_kernel.attend`` first (None = not applicable)
 ms_deform_attn_auto.attend = attend_fused_cpu  # type: ignore[attr-defined]
+# MultiScaleDeformableAttention.attend_memory tries ``fast_kernel.attend_rows`` first (None = not applicable)
+ms_deform_attn_auto.attend_rows = attend_rows_cpu  # type: ignore[attr-defined]
 
 KERNELS: dict[str, DeformKernel] = {
     "reference": ms_deform_attn_core,

@@ -16,6 +16,7 @@ the checkpoint loader) and ``decoder_norm`` is not repeated as ``decoder.norm``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +27,7 @@ from glee.config import GleeConfig
 from glee.modeling.layers import MLP, fused_linear, inverse_sigmoid
 from glee.modeling.ms_deform_attn import MultiScaleDeformableAttention
 from glee.modeling.position_encoding import box_sine_embedding
-from glee.modeling.threads import single_threaded
+from glee.modeling.threads import run_chunks, single_threaded
 
 # DN label-embedding tables: name -> rows (official, all kept for checkpoint compatibility)
 LABEL_ENCODERS = {
@@ -104,6 +105,7 @@ class DecoderLayer(nn.Module):
         prompt_tokens: Tensor | None,
         prompt_padding: Tensor | None,
         value: Tensor | None = None,
+        memory_rows: Tensor | None = None,
     ) -> Tensor:
         """
         Args:
@@ -111,7 +113,17 @@ class DecoderLayer(nn.Module):
             self_attn_mask: [Nq, Nq] (True = blocked) or None.
             prompt_tokens: [P, B, C] appended for self-attention only; prompt_padding [B, P].
             value: ``cross_attn.project_value(memory)`` when the caller computed it already, else None.
+            memory_rows: [B, S, C] memory (e.g. in bf16) for ``cross_attn.attend_memory``, which samples the
+                unprojected rows and projects only the sampled ones; used when ``value`` is None.
         """
+        tgt = self.self_attention(tgt, query_pos, self_attn_mask, prompt_tokens, prompt_padding)
+        return self.cross_attention_ffn(tgt, query_pos, reference_boxes, memory, spatial_shapes, value, memory_rows)
+
+    def self_attention(
+        self, tgt: Tensor, query_pos: Tensor, self_attn_mask: Tensor | None, prompt_tokens: Tensor | None,
+        prompt_padding: Tensor | None,
+    ) -> Tensor:
+        """The layer's first block (queries [Nq, B, C] attend to each other and the prompt tokens) -> [Nq, B, C]."""
         nq = tgt.shape[0]
         if prompt_tokens is not None:
             batch, n_prompt = prompt_padding.shape
@@ -129,11 +141,59 @@ class DecoderLayer(nn.Module):
         else:
             qk = tgt + query_pos
             tgt = self.norm2(tgt + self.self_attn(qk, qk, tgt, attn_mask=self_attn_mask, need_weights=False)[0])
+        return tgt
+
+    def self_attention_inputs(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
+        """Row-wise part of ``self_attention``: [n, B, C] queries -> [n, B, 3C] q, k (of ``tgt + query_pos``), v."""
+        c = tgt.shape[-1]
+        w, b = self.self_attn.in_proj_weight, self.self_attn.in_proj_bias
+        return torch.cat([F.linear(tgt + query_pos, w[: 2 * c], b[: 2 * c]), F.linear(tgt, w[2 * c :], b[2 * c :])], -1)
+
+    def self_attention_keys(
+        self, qkv: Tensor, prompt_tokens: Tensor | None, prompt_padding: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Keys and values [B, H, Nq + P, C / H] of all queries ([Nq, B, 3C] from ``self_attention_inputs``) and
+        prompt tokens ([P, B, C], their own positional embedding), and the mask [B, 1, 1, Nq + P] (True = attended;
+        None without prompt tokens) that ``attend_rows`` takes."""
+        n, batch, c3 = qkv.shape
+        c = c3 // 3
+        keys, values = qkv[..., c : 2 * c], qkv[..., 2 * c :]
+        allowed = None
+        if prompt_tokens is not None:
+            w, b = self.self_attn.in_proj_weight, self.self_attn.in_proj_bias
+            keys = torch.cat([keys, F.linear(prompt_tokens + prompt_tokens, w[c : 2 * c], b[c : 2 * c])])
+            values = torch.cat([values, F.linear(prompt_tokens, w[2 * c :], b[2 * c :])])
+            allowed = torch.cat([prompt_padding.new_ones(batch, n), ~prompt_padding], 1)[:, None, None, :]
+
+        def heads(x: Tensor) -> Tensor:
+            return x.reshape(x.shape[0], batch, self.n_heads, -1).permute(1, 2, 0, 3).contiguous()
+
+        return heads(keys), heads(values), allowed
+
+    def attend_rows(self, tgt: Tensor, qkv: Tensor, keys: Tensor, values: Tensor, allowed: Tensor | None) -> Tensor:
+        """``self_attention`` for a subset of the query rows (no self-attention mask): tgt [n, B, C], their
+        ``self_attention_inputs`` [n, B, 3C], and ``self_attention_keys`` of all queries -> [n, B, C]."""
+        n, batch, c = tgt.shape
+        q = qkv[..., :c].reshape(n, batch, self.n_heads, -1).permute(1, 2, 0, 3)
+        attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)  # [B, H, n, C / H]
+        attended = attended.permute(2, 0, 1, 3).reshape(n, batch, c)
+        out_proj = self.self_attn.out_proj
+        return self.norm2(tgt + F.linear(attended, out_proj.weight, out_proj.bias))
+
+    def cross_attention_ffn(
+        self, tgt: Tensor, query_pos: Tensor, reference_boxes: Tensor, memory: Tensor,
+        spatial_shapes: list[tuple[int, int]], value: Tensor | None = None, memory_rows: Tensor | None = None,
+    ) -> Tensor:
+        """The rest of the layer (deformable cross-attention, FFN): row-wise in the queries, so any subset of the
+        Nq rows of ``tgt``, ``query_pos`` and ``reference_boxes`` gives those rows of the result.  Arguments as
+        in ``forward``."""
         query, boxes = (tgt + query_pos).transpose(0, 1), reference_boxes.transpose(0, 1)
-        if value is None:
-            cross = self.cross_attn(query, boxes, memory.transpose(0, 1), spatial_shapes).transpose(0, 1)
-        else:
+        if value is not None:
             cross = self.cross_attn.attend(query, boxes, value, spatial_shapes).transpose(0, 1)
+        elif memory_rows is not None:
+            cross = self.cross_attn.attend_memory(query, boxes, memory_rows, spatial_shapes).transpose(0, 1)
+        else:
+            cross = self.cross_attn(query, boxes, memory.transpose(0, 1), spatial_shapes).transpose(0, 1)
         tgt = self.norm1(tgt + cross)
         return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
 
@@ -169,6 +229,27 @@ class DecoderOutput:
     aux_outputs: list[dict[str, Tensor | None]]  # L - 1 dicts (initial + all but the last layer)
     interm_outputs: dict[str, Tensor | None]  # two-stage encoder prediction
     dn_outputs: dict | None = None  # training only
+
+
+@dataclass
+class _LayerStep:
+    """What the query blocks of one blocked decoder layer share (``ObjectDecoder._blocked_layers``)."""
+
+    layer: DecoderLayer
+    output: Tensor  # [Nq, B, C] the previous layer's output
+    query_pos: Tensor  # [Nq, B, C]
+    qkv: Tensor | None  # [Nq, B, 3C] self-attention projections, or None (``tgt`` is given instead)
+    ref_input: Tensor  # [Nq, B, levels, 4]
+    reference: Tensor  # [Nq, B, 4]
+    memory_t: Tensor  # [S, B, C]
+    memory_rows: Tensor  # [B, S, C]
+    shapes: list[tuple[int, int]]
+    next_layer: DecoderLayer | None
+    tgt: Tensor | None = None  # [Nq, B, C] self-attention output, when computed on all rows
+    keys: Tensor | None = None  # [B, H, Nq + P, C / H]
+    values: Tensor | None = None
+    allowed: Tensor | None = None  # [B, 1, 1, Nq + P] True = attended (prompt padding excluded), or None
+    parts: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)
 
 
 def trim_prompt_padding(prompt: DecoderPrompt) -> DecoderPrompt:
@@ -235,32 +316,128 @@ class ObjectDecoder(nn.Module):
         # invalid tokens stay eligible for the top-k (official behaviour); their boxes become 1.0
         return memory.masked_fill(~valid, 0.0), proposals
 
+    def folded_prompt(self, prompt: DecoderPrompt) -> Tensor:
+        """``category_embed`` folded into the prompt: [K, C] class or [B, C] grounding embeddings times its transpose.
+
+        ``(z @ category_embed) . e == z . (e @ category_embed^T)``: one [N, C] x [C, K] product instead of two
+        (the two-stage selection scores all ~18k memory tokens); equal up to float32 rounding.
+        """
+        target = prompt.grounding_class if prompt.grounding_class is not None else prompt.class_embeddings
+        return target @ self.category_embed.t()
+
     def prediction_heads(
-        self, queries: Tensor, mask_features: Tensor, prompt: DecoderPrompt, with_masks: bool
+        self, queries: Tensor, mask_features: Tensor, prompt: DecoderPrompt, with_masks: bool,
+        folded: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """queries [B, Q, C] -> (confidence [B, Q, 1], class logits [B, Q, K], masks [B, Q, h, w] or None)."""
+        """queries [B, Q, C] -> (confidence [B, Q, 1], class logits [B, Q, K], masks [B, Q, h, w] or None).
+
+        ``folded``: ``folded_prompt(prompt)`` to score the queries against directly (bf16 mode), else None.
+        """
         z = self.decoder_norm(queries)
         scores = self.confidence_score(z)
-        class_embed = z @ self.category_embed
+        class_embed = z @ self.category_embed if folded is None else z
+        target = prompt.grounding_class if prompt.grounding_class is not None else prompt.class_embeddings
+        target = target if folded is None else folded
         if prompt.grounding_class is not None:
-            logits = torch.einsum("bqc,bc->bq", class_embed, prompt.grounding_class).unsqueeze(-1)
+            logits = torch.einsum("bqc,bc->bq", class_embed, target).unsqueeze(-1)
         else:
-            logits = torch.einsum("bqc,nc->bqn", class_embed, prompt.class_embeddings)
-        masks = None
-        if with_masks:
-            # bf16 mode hands over bf16 pixel embeddings: the product (the decoder's largest) runs in bf16 with
-            # float32 accumulation, the mask logits come back float32; float32 inputs: a plain float32 product
-            embed = self.mask_embed(z).to(mask_features.dtype)
-            b, c, h, w = mask_features.shape
-            if mask_features.is_contiguous(memory_format=torch.channels_last) and c > 1:
-                # channels-last (fast path) pixel embedding: [B, h*w, C] is a view, so the product reads it as
-                # it is instead of einsum's contiguous copy of the whole map
-                flat = mask_features.permute(0, 2, 3, 1).reshape(b, h * w, c)
-                masks = torch.bmm(embed, flat.transpose(1, 2)).view(b, -1, h, w)
-            else:
-                masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
-            masks = masks.float()
+            logits = torch.einsum("bqc,nc->bqn", class_embed, target)
+        masks = self.mask_logits(z, mask_features) if with_masks else None
         return scores, logits, masks
+
+    def mask_logits(self, z: Tensor, mask_features: Tensor) -> Tensor:
+        """Normalised queries [B, Q, C] and pixel embedding [B, C', h, w] -> float32 mask logits [B, Q, h, w].
+
+        bf16 mode hands over bf16 pixel embeddings: the product (the decoder's largest) runs in bf16 with float32
+        accumulation; float32 inputs: a plain float32 product.
+        """
+        embed = self.mask_embed(z).to(mask_features.dtype)
+        b, c, h, w = mask_features.shape
+        if mask_features.is_contiguous(memory_format=torch.channels_last) and c > 1:
+            # channels-last (fast path) pixel embedding: [B, h*w, C] is a view, so the product reads it as it is
+            # instead of einsum's contiguous copy of the whole map
+            flat = mask_features.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            masks = torch.bmm(embed, flat.transpose(1, 2)).view(b, -1, h, w)
+        else:
+            masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+        return masks.float()
+
+    @staticmethod
+    def _layer_prompt(prompt: DecoderPrompt, layer_id: int) -> tuple[Tensor | None, Tensor | None]:
+        """Prompt tokens [P, B, C] and padding [B, P] that layer ``layer_id`` attends to (None, None without)."""
+        if not prompt.prompt_tokens:
+            return None, None
+        level = layer_id % 3 if prompt.visual_prompt else 0
+        return prompt.prompt_tokens[level], prompt.prompt_padding[level]
+
+    @staticmethod
+    def _block_rows(n_query: int) -> int:
+        """Queries per ``run_chunks`` block in the blocked decoder: one block per torch thread."""
+        return -(-n_query // max(1, torch.get_num_threads()))
+
+    def _blocked_layers(
+        self, output: Tensor, reference: Tensor, memory: Tensor, shapes: list[tuple[int, int]],
+        attn_mask: Tensor | None, prompt: DecoderPrompt,
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The decoder layers of the bf16 CPU path, query block by query block on ``run_chunks`` workers.
+
+        Per layer one parallel step: each block attends to the keys and values of all queries (and prompt
+        tokens), then runs the row-wise rest of the layer (``cross_attention_ffn``, value projection after the
+        sampling), the box refinement, and the next layer's query positions and q / k / v projections.  With a
+        self-attention mask (denoising queries, training only) the self-attention runs on all rows instead.
+
+        Args:
+            output: [Nq, B, C] initial queries; reference: [Nq, B, 4] initial boxes (sigmoid);
+            memory: [B, S, C] float32.
+        Returns:
+            hidden states (per layer, [B, Nq, C], normalised) and the references (initial + per layer, [Nq, B, 4]).
+        """
+        dec = self.decoder
+        n_query, n_levels = output.shape[0], len(shapes)
+        block = self._block_rows(n_query)
+        memory_rows, memory_t = memory.contiguous(), memory.transpose(0, 1)
+        query_pos = dec.ref_point_head(box_sine_embedding(reference, self.cfg.hidden_dim // 2))  # 4 * d/2 = 2d
+        qkv = dec.layers[0].self_attention_inputs(output, query_pos) if attn_mask is None else None
+        hidden_states, references = [], [reference]
+        for layer_id, layer in enumerate(dec.layers):
+            p_tokens, p_pad = self._layer_prompt(prompt, layer_id)
+            step = _LayerStep(layer=layer, output=output, query_pos=query_pos, qkv=qkv,
+                              ref_input=reference[:, :, None].expand(-1, -1, n_levels, -1), reference=reference,
+                              memory_t=memory_t, memory_rows=memory_rows, shapes=shapes,
+                              next_layer=dec.layers[layer_id + 1] if layer_id + 1 < len(dec.layers) else None)
+            if qkv is None:
+                with single_threaded():
+                    step.tgt = layer.self_attention(output, query_pos, attn_mask, p_tokens, p_pad)
+            else:
+                step.keys, step.values, step.allowed = layer.self_attention_keys(qkv, p_tokens, p_pad)
+            run_chunks(functools.partial(self._layer_block, step), n_query, block, memory.device)
+            parts = [step.parts[i] for i in sorted(step.parts)]
+            output, new_reference, normed, query_pos = (torch.cat([p[k] for p in parts]) for k in range(4))
+            if qkv is not None and step.next_layer is not None:
+                qkv = torch.cat([p[4] for p in parts])
+            references.append(new_reference)
+            reference = new_reference.detach()
+            hidden_states.append(normed.transpose(0, 1))  # [B, Nq, C]
+        return hidden_states, references
+
+    def _layer_block(self, step: _LayerStep, i: int, j: int) -> None:
+        """Queries ``i:j`` of one blocked decoder layer (a ``run_chunks`` block); results into ``step.parts[i]``:
+        the raw output, the refined boxes, the normalised output, the next layer's query positions and q / k / v."""
+        layer = step.layer
+        if step.tgt is not None:
+            tgt = step.tgt[i:j]
+        else:
+            tgt = layer.attend_rows(step.output[i:j], step.qkv[i:j], step.keys, step.values, step.allowed)
+        out = layer.cross_attention_ffn(tgt, step.query_pos[i:j], step.ref_input[i:j], step.memory_t, step.shapes,
+                                        memory_rows=step.memory_rows)
+        # refinement uses the raw (un-normalised) output; the reported boxes use the normalised one
+        ref = (self.bbox_embed(out) + inverse_sigmoid(step.reference[i:j])).sigmoid()
+        pos = qkv = ref  # placeholders after the last layer
+        if step.next_layer is not None:
+            pos = self.decoder.ref_point_head(box_sine_embedding(ref.detach(), self.cfg.hidden_dim // 2))
+            if step.qkv is not None:
+                qkv = step.next_layer.self_attention_inputs(out, pos)
+        step.parts[i] = (out, ref, self.decoder_norm(out), pos, qkv)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -271,6 +448,7 @@ class ObjectDecoder(nn.Module):
         denoising: DenoisingQueries | None = None,
         all_layer_masks: bool = False,
         value_dtype: torch.dtype | None = None,
+        interm_masks: bool = True,
     ) -> DecoderOutput:
         """
         Args:
@@ -279,8 +457,12 @@ class ObjectDecoder(nn.Module):
             prompt: class embeddings or grounding class, and decoder prompt tokens.
             denoising: DN queries (training).
             all_layer_masks: compute masks for every prediction set (training) instead of only the last.
-            value_dtype: fast CPU path: the dtype of the per-layer value projection of the memory (bf16 mode
-                passes bfloat16: the decoder's largest GEMMs; queries, boxes and scores stay float32).
+            value_dtype: the bf16 mode passes its autocast dtype (bfloat16; queries, boxes and scores stay
+                float32).  On CPU the decoder then runs blocked (query blocks on worker threads, value projection
+                after the sampling, ``category_embed`` folded into the prompt); elsewhere it is the dtype of the
+                per-layer value projection of the memory.
+            interm_masks: compute the two-stage prediction's masks (training losses use them; inference returns
+                only the final masks, so the fast path skips these 300 full-resolution maps: ``None`` then).
         """
         levels = multi_scale_features[::-1]  # memory level 0 = stride 64 (official order)
         shapes = [(f.shape[2], f.shape[3]) for f in levels]
@@ -292,14 +474,22 @@ class ObjectDecoder(nn.Module):
         projected = (fused_linear(output_memory, self.enc_output.weight, self.enc_output.bias) if fast
                      else self.enc_output(output_memory))
         output_memory = self.enc_output_norm(projected)
+        # bf16 mode: category_embed folded into the class embeddings once (saves an [S, C] x [C, C] product);
+        # float32 modes keep the official order of the products
+        folded = self.folded_prompt(prompt) if fast and value_dtype is not None else None
         if prompt.grounding_class is not None:
-            token_scores = torch.einsum("bqc,bc->bq", output_memory @ self.category_embed, prompt.grounding_class)
+            if folded is None:
+                token_scores = torch.einsum("bqc,bc->bq", output_memory @ self.category_embed, prompt.grounding_class)
+            else:
+                token_scores = torch.einsum("bqc,bc->bq", output_memory, folded)
         elif prompt.visual_prompt:
             token_scores = self.confidence_score(output_memory).squeeze(-1)
-        else:
+        elif folded is None:
             token_scores = torch.einsum(
                 "bqc,nc->bqn", output_memory @ self.category_embed, prompt.class_embeddings
             ).max(-1)[0]
+        else:
+            token_scores = (output_memory @ folded.t()).max(-1)[0]
         topk = torch.topk(token_scores, self.num_queries, dim=1)[1]
         tgt_undetached = torch.gather(output_memory, 1, topk.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1]))
         if fast:  # the box MLP is row-wise: run it on the Q selected tokens instead of all S
@@ -309,7 +499,8 @@ class ObjectDecoder(nn.Module):
         else:
             coords_unselected = self.bbox_embed(output_memory) + proposals
             refpoints_undetached = torch.gather(coords_unselected, 1, topk.unsqueeze(-1).expand(-1, -1, 4))
-        i_scores, i_logits, i_masks = self.prediction_heads(tgt_undetached, mask_features, prompt, True)
+        i_scores, i_logits, i_masks = self.prediction_heads(tgt_undetached, mask_features, prompt,
+                                                            interm_masks or all_layer_masks, folded)
         interm = {
             "pred_logits": i_logits, "pred_scores": i_scores,
             "pred_boxes": refpoints_undetached.sigmoid(), "pred_masks": i_masks,
@@ -325,7 +516,7 @@ class ObjectDecoder(nn.Module):
         if fast and prompt.prompt_tokens:
             prompt = trim_prompt_padding(prompt)
         scores_list, logits_list, masks_list = [], [], []
-        s, lg, m = self.prediction_heads(tgt, mask_features, prompt, all_layer_masks)
+        s, lg, m = self.prediction_heads(tgt, mask_features, prompt, all_layer_masks, folded)
         scores_list.append(s)
         logits_list.append(lg)
         masks_list.append(m)
@@ -339,41 +530,66 @@ class ObjectDecoder(nn.Module):
         hidden_states = []
         n_levels = len(shapes)
         small_ops_alone = fast and memory.device.type == "cpu"
-        for layer_id, layer in enumerate(dec.layers):
-            ref_input = reference[:, :, None].expand(-1, -1, n_levels, -1)
-            query_pos = dec.ref_point_head(box_sine_embedding(reference, self.cfg.hidden_dim // 2))  # 4 * d/2 = 2d
-            if prompt.prompt_tokens:
-                level = layer_id % 3 if prompt.visual_prompt else 0
-                p_tokens, p_pad = prompt.prompt_tokens[level], prompt.prompt_padding[level]
-            else:
-                p_tokens = p_pad = None
-            # fast CPU path: the value projection over all S memory tokens is the one large op of a layer;
-            # the rest (Nq queries) is many small ops, run single-threaded (no thread join per op)
-            value = None
-            if small_ops_alone:
-                with torch.autocast("cpu", dtype=value_dtype or torch.bfloat16, enabled=value_dtype is not None):
-                    value = layer.cross_attn.project_value(memory)
-            with single_threaded(small_ops_alone):
-                output = layer(output, query_pos, ref_input, memory_t, shapes, attn_mask, p_tokens, p_pad, value)
-                # refinement uses the raw (un-normalised) output; the reported boxes use the normalised one
-                new_reference = (self.bbox_embed(output) + inverse_sigmoid(reference)).sigmoid()
-                references.append(new_reference)
-                reference = new_reference.detach()
-                hidden_states.append(self.decoder_norm(output).transpose(0, 1))  # [B, Nq, C]
+        # bf16 mode on CPU ("blocked"): after its self-attention every op of a layer (and every head) is row-wise in
+        # the queries, so the queries are split into one block per thread (run_chunks: single-threaded workers, no
+        # thread join per small op); and each layer samples the float32 memory rows and projects only the Q * M
+        # sampled ones (attend_memory: ~3x less work than projecting all S tokens in bf16, and float32 throughout).
+        # float32 fast mode keeps the single-threaded small ops and the per-layer value projection: its outputs
+        # stay exactly as they were.
+        blocked = small_ops_alone and value_dtype is not None
+        if blocked:
+            hidden_states, references = self._blocked_layers(output, reference, memory, shapes, attn_mask, prompt)
+        else:
+            for layer_id, layer in enumerate(dec.layers):
+                ref_input = reference[:, :, None].expand(-1, -1, n_levels, -1)
+                query_pos = dec.ref_point_head(box_sine_embedding(reference, self.cfg.hidden_dim // 2))  # 4 * d/2
+                p_tokens, p_pad = self._layer_prompt(prompt, layer_id)
+                # fast CPU path: the value projection over all S memory tokens is the one large op of a layer;
+                # the rest (Nq queries) is many small ops, run single-threaded (no thread join per op)
+                value = None
+                if small_ops_alone:
+                    with torch.autocast("cpu", dtype=value_dtype or torch.bfloat16, enabled=value_dtype is not None):
+                        value = layer.cross_attn.project_value(memory)
+                with single_threaded(small_ops_alone):
+                    output = layer(output, query_pos, ref_input, memory_t, shapes, attn_mask, p_tokens, p_pad, value)
+                    # refinement uses the raw (un-normalised) output; the reported boxes use the normalised one
+                    new_reference = (self.bbox_embed(output) + inverse_sigmoid(reference)).sigmoid()
+                    references.append(new_reference)
+                    reference = new_reference.detach()
+                    hidden_states.append(self.decoder_norm(output).transpose(0, 1))  # [B, Nq, C]
 
         boxes_list = [refpoints.sigmoid()]
         last = len(hidden_states) - 1
-        for i, hs in enumerate(hidden_states):
-            # heads see LN(LN(raw)): decoder.norm then decoder_norm again (official double LayerNorm)
-            with_masks = all_layer_masks or i == last
-            with single_threaded(small_ops_alone and not with_masks):
-                s, lg, m = self.prediction_heads(hs, mask_features, prompt, with_masks)
-            scores_list.append(s)
-            logits_list.append(lg)
-            masks_list.append(m)
-            ref_in = references[i].transpose(0, 1)
-            with single_threaded(small_ops_alone):
-                boxes_list.append((self.bbox_embed(hs) + inverse_sigmoid(ref_in)).sigmoid())
+        if blocked:
+            # the heads of every layer, query block by query block; then the masks (one multi-threaded product)
+            heads: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
+
+            def head_rows(i: int, j: int) -> None:
+                heads[i] = [(*self.prediction_heads(hs[:, i:j], mask_features, prompt, False, folded)[:2],
+                             (self.bbox_embed(hs[:, i:j]) + inverse_sigmoid(ref[i:j].transpose(0, 1))).sigmoid())
+                            for hs, ref in zip(hidden_states, references)]
+
+            run_chunks(head_rows, tgt.shape[1], self._block_rows(tgt.shape[1]), memory.device)
+            for layer_id, hs in enumerate(hidden_states):
+                s, lg, b = (torch.cat(t, 1) for t in zip(*(heads[i][layer_id] for i in sorted(heads))))
+                scores_list.append(s)
+                logits_list.append(lg)
+                boxes_list.append(b)
+                with_masks = all_layer_masks or layer_id == last
+                # heads see LN(LN(raw)): decoder.norm then decoder_norm again (official double LayerNorm)
+                masks_list.append(self.mask_logits(self.decoder_norm(hs), mask_features) if with_masks else None)
+        else:
+            for i, hs in enumerate(hidden_states):
+                # heads see LN(LN(raw)): decoder.norm then decoder_norm again (official double LayerNorm)
+                with_masks = all_layer_masks or i == last
+                with single_threaded(small_ops_alone and not with_masks):
+                    s, lg, m = self.prediction_heads(hs, mask_features, prompt, with_masks, folded)
+                scores_list.append(s)
+                logits_list.append(lg)
+                masks_list.append(m)
+                ref_in = references[i].transpose(0, 1)
+                with single_threaded(small_ops_alone):
+                    boxes_list.append((self.bbox_embed(hs) + inverse_sigmoid(ref_in)).sigmoid())
 
         dn_outputs = None
         track_embed = hidden_states[-1]

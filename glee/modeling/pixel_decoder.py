@@ -58,6 +58,51 @@ def _compiled_post_attention() -> object | None:
     return _COMPILED["fn"]
 
 
+def add_upsampled_2x_(out: Tensor, tokens: Tensor, rows: int = 4) -> Tensor:
+    """``out += F.interpolate(map, scale 2, bilinear, align_corners=False)`` in place, for a channels-last ``out``.
+
+    Args:
+        out: [B, C, 2H, 2W] channels-last (any float dtype, e.g. the bf16 mode's FPN lateral).
+        tokens: [B, H * W, C] token-major map (the encoder output; its rows may be a slice of a longer sequence).
+        rows: source rows per ``run_chunks`` block.
+    Returns:
+        ``out``.
+    An exact 2x bilinear upsample weighs each pair of neighbours 3:1 (clamped at the borders), so it is two
+    ``lerp(a, b, 0.25)`` passes (along W, then along H) computed in ``tokens``' dtype and added to ``out`` with one
+    rounding.  Done in blocks of source rows that stay in cache; PyTorch's bilinear kernel is single-threaded on
+    CPU and, for bf16, reads a rounded copy of the map (about 4x slower at 800 px, plus a layout-mismatched add).
+    """
+    b, c, h2, w2 = out.shape
+    h, w = h2 // 2, w2 // 2
+    if (h2 != 2 * h or w2 != 2 * w or tokens.shape != (b, h * w, c)
+            or not out.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"add_upsampled_2x_ needs a channels-last [B, C, 2H, 2W] output and [B, H*W, C] tokens, "
+                         f"got {tuple(out.shape)} and {tuple(tokens.shape)}")
+    x = tokens.view(b, h, w, c)
+    o = out.permute(0, 2, 3, 1).view(b, h, 2, w2 * c)  # output row 2r + k of source row r at [:, r, k]
+
+    def block(r0: int, r1: int) -> None:
+        a0, a1 = max(0, r0 - 1), min(h, r1 + 1)  # source rows the block blends
+        xs = x[:, a0:a1]
+        tw = xs.new_empty(b, a1 - a0, w, 2, c)  # along W: columns 2j (with j - 1) and 2j + 1 (with j + 1)
+        torch.lerp(xs[:, :, 1:], xs[:, :, :-1], 0.25, out=tw[:, :, 1:, 0])
+        tw[:, :, 0, 0] = xs[:, :, 0]
+        torch.lerp(xs[:, :, :-1], xs[:, :, 1:], 0.25, out=tw[:, :, :-1, 1])
+        tw[:, :, -1, 1] = xs[:, :, -1]
+        tw = tw.view(b, a1 - a0, w2 * c)
+        lo = max(r0, 1)  # along H: output rows 2r blend source row r - 1, rows 2r + 1 blend row r + 1
+        o[:, lo:r1, 0] += torch.lerp(tw[:, lo - a0 : r1 - a0], tw[:, lo - 1 - a0 : r1 - 1 - a0], 0.25)
+        if r0 == 0:
+            o[:, 0, 0] += tw[:, 0]
+        hi = min(r1, h - 1)
+        o[:, r0:hi, 1] += torch.lerp(tw[:, r0 - a0 : hi - a0], tw[:, r0 + 1 - a0 : hi + 1 - a0], 0.25)
+        if r1 == h:
+            o[:, h - 1, 1] += tw[:, h - 1 - a0]
+
+    run_chunks(block, h, rows, out.device)
+    return out
+
+
 class DeformableEncoderLayer(nn.Module):
     """Post-norm: ``norm1(x + MSDeformAttn(x + pos))`` then ``norm2(x + FFN(x))``."""
 
@@ -75,16 +120,25 @@ class DeformableEncoderLayer(nn.Module):
     chunk = 1024  # tokens per chunk in the fast path (18 chunks at 800 px: cache-sized, balanced over workers)
 
     def forward(
-        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]],
+        value: Tensor | None = None, next_value: Tensor | None = None, next_value_proj: nn.Linear | None = None,
     ) -> Tensor:
+        """src, pos: [N, S, C]; reference_points: [1 or N, S, levels, 2] -> [N, S, C].
+
+        Fast path only: ``value`` is this layer's projected values [N, S, C] when the previous layer computed them
+        already; with ``next_value`` ([N, S, C], filled here) and ``next_value_proj`` (the next layer's
+        ``self_attn.value_proj``) each output chunk is projected for the next layer while it is in cache.
+        """
         if self.fast_inference and not self.training:
-            return self._forward_chunked(src, pos, reference_points, spatial_shapes)
+            return self._forward_chunked(src, pos, reference_points, spatial_shapes, value, next_value,
+                                         next_value_proj)
         src = self.norm1(src + self.dropout(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
 
     def _forward_chunked(
-        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]],
+        value: Tensor | None = None, next_value: Tensor | None = None, next_value_proj: nn.Linear | None = None,
     ) -> Tensor:
         """The same layer, token chunk by token chunk once the values are projected.
 
@@ -94,12 +148,15 @@ class DeformableEncoderLayer(nn.Module):
         n, s, c = src.shape
         attn = self.self_attn
         chunk = self.chunk if src.device.type == "cpu" else s  # GPUs prefer one large launch
-        # every chunk samples from every position, so all values are projected first (in chunks as well)
-        value = torch.empty((n, s, c), dtype=_autocast_dtype(src), device=src.device)
+        # every chunk samples from every position, so all values are projected first (in chunks as well), unless
+        # the previous layer did it
+        if value is None:
+            value = torch.empty((n, s, c), dtype=_autocast_dtype(src), device=src.device)
 
-        def project(i: int, j: int) -> None:
-            value[:, i:j] = fused_linear(src[:, i:j], attn.value_proj.weight, attn.value_proj.bias)
+            def project(i: int, j: int) -> None:
+                value[:, i:j] = fused_linear(src[:, i:j], attn.value_proj.weight, attn.value_proj.bias)
 
+            run_chunks(project, s, chunk, src.device)
         out = torch.empty_like(src)
 
         def layer_chunk(i: int, j: int) -> None:
@@ -107,8 +164,9 @@ class DeformableEncoderLayer(nn.Module):
             sampled = attn.attend(x + pos[:, i:j], reference_points[:, i:j], value.view(n, s, attn.n_heads, -1),
                                   spatial_shapes)
             out[:, i:j] = self._post_attention(x, sampled)
+            if next_value is not None:  # the next layer's values of these rows, while they are in cache
+                next_value[:, i:j] = fused_linear(out[:, i:j], next_value_proj.weight, next_value_proj.bias)
 
-        run_chunks(project, s, chunk, src.device)
         run_chunks(layer_chunk, s, chunk, src.device)
         return out
 
@@ -266,19 +324,33 @@ class PixelDecoder(nn.Module):
         encoder = self.transformer.encoder
         if prompt_tokens is not None and len(encoder.vl_layers):
             src, _ = encoder.vl_layers[0](src, prompt_tokens)
-        for layer in encoder.layers:
-            src = layer(src, pos, ref, shapes)
+        fast = self.fast_inference and not self.training
+        value = None
+        for index, layer in enumerate(encoder.layers):
+            following = encoder.layers[index + 1] if index + 1 < len(encoder.layers) else None
+            if fast and following is not None and following.fast_inference and src.device.type == "cpu":
+                # fast CPU path: each layer also projects the next layer's values, chunk by chunk
+                next_value = torch.empty(src.shape, dtype=_autocast_dtype(src), device=src.device)
+                src = layer(src, pos, ref, shapes, value, next_value, following.self_attn.value_proj)
+                value = next_value
+            else:
+                src = layer(src, pos, ref, shapes, value)
+                value = None
         sizes = [h * w for h, w in shapes]
         maps = [
             z.transpose(1, 2).reshape(batch, -1, h, w) for z, (h, w) in zip(src.split(sizes, dim=1), shapes)
         ]
         fpn_in = features[self.fpn_feature]
-        fast = self.fast_inference and not self.training
         lateral = self.adapter_1(fpn_in if fast else fpn_in.float())
-        # fast path: upsample a standard-layout copy (the token-major view counts as channels-last, and
-        # PyTorch's channels-last bilinear kernel is about 3x slower here); bf16 mode: in the lateral's bf16,
-        # so the stride-4 sum stays bf16
-        top = maps[0].to(lateral.dtype).contiguous() if fast else maps[0]
-        y = lateral + F.interpolate(top, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+        if (fast and lateral.dtype != src.dtype and lateral.device.type == "cpu" and not torch.is_grad_enabled()
+                and lateral.shape[-2:] == (2 * shapes[0][0], 2 * shapes[0][1])
+                and lateral.is_contiguous(memory_format=torch.channels_last)):
+            # bf16 mode on CPU: the float32 stride-8 tokens upsampled and added into the bf16 lateral in place
+            y = add_upsampled_2x_(lateral, src[:, : sizes[0]])
+        else:
+            # fast path: upsample a standard-layout copy (the token-major view counts as channels-last, and
+            # PyTorch's channels-last bilinear kernel is about 3x slower here)
+            top = maps[0].to(lateral.dtype).contiguous() if fast else maps[0]
+            y = lateral + F.interpolate(top, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
         y = self.layer_1(y)
         return PixelDecoderOutput(mask_features=self.mask_features(y), multi_scale_features=maps)
