@@ -107,25 +107,59 @@ def query_mask_ious(query_masks: Tensor, gt: Tensor, ignore_value: int = IGNORE_
     return inter / union.clamp(min=1.0)
 
 
-def pointer_loss(log_weights: Tensor, ious: Tensor, min_iou: float = 0.5, margin: float = 0.1) -> tuple[Tensor, int]:
-    """Cross-entropy of the pointer's attention against the queries that best cover each target.
+def pointer_costs(log_weights: Tensor, ious: Tensor, min_iou: float = 0.5,
+                  margin: float = 0.1) -> tuple[Tensor, Tensor]:
+    """Cost of pointing each [SEG] at each target: -log of its attention on the queries that cover the target.
 
-    A mask loss alone reaches the attention through a softmax that saturates once the head points at a wrong
-    object (its gradient towards the right query vanishes); this term keeps pulling towards the right one.
     GLEE often has several near-duplicate queries of one object: all queries within ``margin`` IoU of the best
-    count as right (the loss is -log of their summed attention).  Targets that no query covers with IoU >=
-    ``min_iou`` (GLEE missed the object) are left out.
+    count as right.  A target that no query covers with IoU >= ``min_iou`` (GLEE missed the object) is not
+    counted (its column is 0).
 
     Args:
         log_weights: [n, Q] log-attention of each [SEG] (log-softmax over the queries).
-        ious: [n, Q] IoU of each query's mask with that [SEG]'s target (:func:`query_mask_ious`).
+        ious: [t, Q] IoU of each query's mask with each target (:func:`query_mask_ious`).
     Returns:
-        (summed loss over the counted [SEG]s, how many were counted).
+        cost [n, t] and counted [t] (bool).
     """
-    best = ious.max(-1, keepdim=True).values
-    keep = best[:, 0] >= min_iou
-    if not bool(keep.any()):
-        return log_weights.sum() * 0.0, 0
-    right = ious[keep] >= (best[keep] - margin).clamp(min=min_iou)
-    picked = log_weights[keep].masked_fill(~right, float("-inf"))
-    return -torch.logsumexp(picked, dim=-1).sum(), int(keep.sum())
+    best = ious.max(-1, keepdim=True).values  # [t, 1]
+    counted = best[:, 0] >= min_iou
+    right = ious >= (best - margin).clamp(min=min_iou)  # [t, Q]
+    picked = log_weights[:, None, :].masked_fill(~right[None], float("-inf"))  # [n, t, Q]
+    cost = -torch.logsumexp(picked, dim=-1)
+    return torch.where(counted[None], cost, torch.zeros_like(cost)), counted
+
+
+def pointer_loss(log_weights: Tensor, ious: Tensor, min_iou: float = 0.5, margin: float = 0.1) -> tuple[Tensor, int]:
+    """Cross-entropy of the pointer's attention against the queries that best cover each [SEG]'s target.
+
+    A mask loss alone reaches the attention through a softmax that saturates once the head points at a wrong
+    object (its gradient towards the right query vanishes); this term keeps pulling towards the right one.
+
+    Args:
+        log_weights: [n, Q] log-attention of each [SEG]; ious: [n, Q] IoU of each query with that [SEG]'s target.
+    Returns:
+        (summed loss over the counted [SEG]s, how many were counted); see :func:`pointer_costs`.
+    """
+    cost, counted = pointer_costs(log_weights, ious, min_iou, margin)
+    return cost.diagonal()[counted].sum(), int(counted.sum())
+
+
+def match_unordered(cost: Tensor, sets: Tensor) -> Tensor:
+    """Order of the targets that minimises the summed cost within each unordered set.
+
+    Args:
+        cost: [n, n] cost of giving [SEG] i target j (targets in their given order).
+        sets: [n] set id of each position (>= 0: positions with one id are an unordered set, e.g. the objects of
+            one answer, matched by ``scipy.optimize.linear_sum_assignment``; -1: the given order stands).
+    Returns:
+        [n] long: position i gets target ``order[i]``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    order = torch.arange(cost.shape[0])
+    for set_id in sorted({int(v) for v in sets.tolist() if int(v) >= 0}):
+        positions = (sets == set_id).nonzero().flatten()
+        block = cost[positions][:, positions].detach().float().cpu().numpy()
+        rows, cols = linear_sum_assignment(block)
+        order[positions[torch.as_tensor(rows)]] = positions[torch.as_tensor(cols)]
+    return order

@@ -35,7 +35,16 @@ from transformers.utils import ModelOutput
 from glee.config import GleeConfig
 from glee.modeling.glee_model import GleeModel
 from llm_bridge.llm import SMOLLM2, load_language_model
-from llm_bridge.losses import IGNORE_INDEX, LossWeights, causal_lm_loss, mask_losses, pointer_loss, query_mask_ious
+from llm_bridge.losses import (
+    IGNORE_INDEX,
+    LossWeights,
+    causal_lm_loss,
+    mask_losses,
+    match_unordered,
+    pointer_costs,
+    pointer_loss,
+    query_mask_ious,
+)
 from llm_bridge.tower import GleeFeatureExtractor, GleeImageProcessor, VisualFeatures, load_glee
 
 SEG_TOKEN = "[SEG]"
@@ -501,10 +510,17 @@ class ReasonSegModel(nn.Module):
         return (visual.tokens[index, :num_queries].to(self.device),
                 visual.query_mask_embeddings[index].to(self.device))
 
-    def seg_pointer_loss(self, states: list[Tensor], visual: VisualFeatures, image_rows: Tensor | Sequence[int],
-                     gt_masks: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None,
-                     resized_sizes: Sequence[tuple[int, int]] | None = None) -> tuple[Tensor, int]:
-        """(mean attention cross-entropy, counted [SEG]s) of the query_pointer head; see ``losses.pointer_loss``."""
+    def seg_pointer_loss(
+        self, states: list[Tensor], visual: VisualFeatures, image_rows: Tensor | Sequence[int],
+        gt_masks: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None,
+        resized_sizes: Sequence[tuple[int, int]] | None = None, gt_mask_sets: Sequence[Tensor] | None = None,
+    ) -> tuple[Tensor, int, list[Tensor]]:
+        """The query_pointer head's attention loss (see ``losses.pointer_loss``), after matching unordered targets.
+
+        Returns (mean loss, counted [SEG]s, ``gt_masks`` with each unordered set, e.g. the objects one answer
+        names, put in the order of the [SEG]s that point at them best; ``linear_sum_assignment`` on the pointer
+        cost).  Args as in :meth:`forward`.
+        """
         head = self.seg_projection
         sizes = [int(s.shape[0]) for s in states]
         flat = torch.cat(states).to(self.dtype)
@@ -512,9 +528,10 @@ class ReasonSegModel(nn.Module):
         log_weights = head.log_weights(flat, queries)  # [n, Q]
         rows = [int(r) for r in (image_rows.tolist() if isinstance(image_rows, Tensor) else image_rows)]
         image = torch.tensor([r for r, n in zip(rows, sizes) for _ in range(n)], dtype=torch.long)
-        total, count = log_weights.sum() * 0.0, 0
+        total, count, matched = log_weights.sum() * 0.0, 0, []
         for i, gt in enumerate(gt_masks):
             if gt.shape[0] == 0:
+                matched.append(gt)
                 continue
             with torch.no_grad():
                 low = torch.einsum("qd,dhw->qhw", visual.query_mask_embeddings[i].float(),
@@ -522,9 +539,14 @@ class ReasonSegModel(nn.Module):
                 size = original_sizes[i] if original_sizes is not None else None
                 resized = resized_sizes[i] if resized_sizes is not None else None
                 ious = query_mask_ious(postprocess_masks(low, visual.input_size, resized, size), gt.to(low.device))
-            loss, n = pointer_loss(log_weights[(image == i).nonzero().flatten().to(log_weights.device)], ious)
+            weights_i = log_weights[(image == i).nonzero().flatten().to(log_weights.device)]
+            if gt_mask_sets is not None and bool((gt_mask_sets[i] >= 0).any()):
+                order = match_unordered(pointer_costs(weights_i, ious)[0], gt_mask_sets[i].cpu())
+                gt, ious = gt[order.to(gt.device)], ious[order.to(ious.device)]
+            matched.append(gt)
+            loss, n = pointer_loss(weights_i, ious)
             total, count = total + loss, count + n
-        return total / max(count, 1), count
+        return total / max(count, 1), count, matched
 
     # ------------------------------------------------------------------ masks
     def decode_masks(
@@ -575,6 +597,7 @@ class ReasonSegModel(nn.Module):
         original_sizes: Sequence[tuple[int, int]] | None = None,
         resized_sizes: Sequence[tuple[int, int]] | None = None,
         return_hidden: bool = False,
+        gt_mask_sets: Sequence[Tensor] | None = None,
     ) -> BridgeOutput:
         """Teacher-forced forward: text CE on ``labels`` and masks for every [SEG] in ``input_ids``.
 
@@ -584,6 +607,9 @@ class ReasonSegModel(nn.Module):
             image_index: [B] the image of each row (several rows may share one image, as in LISA).
             gt_masks: per image [n_i, H_i, W_i] (0/1, 255 = ignore) in [SEG] order; enables the mask losses.
             original_sizes / resized_sizes: per image (H, W) and the (h, w) it was resized to before padding.
+            gt_mask_sets: per image [n_i] long, the set id of each ground-truth mask: masks with one id (>= 0)
+                are an unordered set (the objects one answer names, one [SEG] each) that the query_pointer head
+                matches to its [SEG]s before the losses; -1: the given order stands (LISA's mlp head: always).
         """
         if visual is None and pixel_values is not None:
             visual = self.encode_images(pixel_values)
@@ -607,11 +633,12 @@ class ReasonSegModel(nn.Module):
                         f"image {i}: {p.shape[0]} {self.config.seg_token} token(s) in its conversations but "
                         f"{g.shape[0]} ground-truth mask(s); every [SEG] needs exactly one mask, in order"
                     )
+            if isinstance(self.seg_projection, QueryPointerProjection) and any(g.shape[0] for g in gt_masks):
+                pointer, _, gt_masks = self.seg_pointer_loss(states, visual, prepared.image_rows, gt_masks,
+                                                             original_sizes, resized_sizes, gt_mask_sets)
+                out.pointer_loss = pointer if weights.pointer else None
             bce, dice, count = mask_losses(out.pred_masks, list(gt_masks))
             out.mask_bce_loss, out.mask_dice_loss, out.num_masks = bce, dice, count
-            if weights.pointer and count:
-                out.pointer_loss = self.seg_pointer_loss(states, visual, prepared.image_rows, gt_masks, original_sizes,
-                                                     resized_sizes)[0]
         if out.ce_loss is not None:
             total = weights.ce * out.ce_loss
             if out.mask_bce_loss is not None:

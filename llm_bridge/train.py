@@ -36,7 +36,8 @@ from llm_bridge.lora import LoraSettings, apply_lora, count_parameters, trainabl
 from llm_bridge.model import SEG_HEADS, ReasonSegModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-TRAIN_KEYS = ("input_ids", "attention_mask", "labels", "image_index", "gt_masks", "original_sizes", "resized_sizes")
+TRAIN_KEYS = ("input_ids", "attention_mask", "labels", "image_index", "gt_masks", "original_sizes", "resized_sizes",
+              "gt_mask_sets")
 
 
 @dataclass

@@ -250,3 +250,41 @@ def test_soft_mix_in_training_best_query_in_eval():
     head.eval()
     best = query_masks[torch.arange(3), weights.argmax(-1)]
     torch.testing.assert_close(head(states, queries, query_masks), best)
+
+
+def test_match_unordered_and_pointer_costs():
+    from llm_bridge.losses import match_unordered, pointer_costs
+
+    cost = torch.tensor([[5.0, 1.0, 9.0, 9.0],
+                         [1.0, 5.0, 9.0, 9.0],
+                         [9.0, 9.0, 0.0, 7.0],
+                         [9.0, 9.0, 7.0, 0.0]])
+    # positions 0, 1: one unordered set (swapped is cheaper); 2: its own set; 3: ordered
+    assert match_unordered(cost, torch.tensor([0, 0, 1, -1])).tolist() == [1, 0, 2, 3]
+    assert match_unordered(cost, torch.tensor([-1, -1, -1, -1])).tolist() == [0, 1, 2, 3]
+    ious = torch.tensor([[0.9, 0.85, 0.1], [0.2, 0.3, 0.4]])  # target 1: no query reaches 0.5 (not counted)
+    log_w = torch.log_softmax(torch.randn(2, 3), -1)
+    costs, counted = pointer_costs(log_w, ious)
+    assert counted.tolist() == [True, False] and torch.equal(costs[:, 1], torch.zeros(2))
+    torch.testing.assert_close(costs[:, 0], -torch.logsumexp(log_w[:, :2], -1))
+
+
+def test_an_answer_names_its_objects_in_any_order(model, images):
+    """With mask sets the loss is the same whichever order the ground truth lists an answer's objects in."""
+    ids, mask, labels = batch(model, [conv("Segment the two.", "They are [SEG] and [SEG].")])
+    visual = images["visual"].select([0])
+    glee_masks = model.decode_masks([visual.query_mask_embeddings[0, :2]], visual, [0], 1, images["original"][:1],
+                                    images["resized"][:1])[0]
+    gt = (glee_masks > 0).to(torch.uint8)
+    sizes = {"original_sizes": images["original"][:1], "resized_sizes": images["resized"][:1]}
+    losses = {}
+    with torch.no_grad():
+        for name, order, sets in (("given", [0, 1], None), ("swapped", [1, 0], None),
+                                  ("set", [0, 1], [0, 0]), ("set swapped", [1, 0], [0, 0])):
+            mask_sets = None if sets is None else [torch.tensor(sets)]
+            out = model(ids, mask, labels, visual=visual, gt_masks=[gt[order]], gt_mask_sets=mask_sets, **sizes)
+            losses[name] = float(out.loss)
+    assert losses["set"] == pytest.approx(losses["set swapped"], rel=1e-6)
+    # the matching picks one of the two orders (the one its pointer cost prefers)
+    assert any(losses["set"] == pytest.approx(losses[k], rel=1e-6) for k in ("given", "swapped"))
+    assert losses["given"] != pytest.approx(losses["swapped"], rel=1e-4)  # order matters without sets

@@ -302,3 +302,18 @@ def test_seg_answer_counts():
     assert seg_answer(rng, 3).count(" and [SEG]") == 1
     with pytest.raises(ValueError, match="at least one"):
         seg_answer(rng, 0)
+
+
+def test_instance_masks_of_one_answer_form_a_set_through_the_collator(reasoning):
+    from llm_bridge.data import BridgeCollator
+    from llm_bridge.testing import tiny_bridge, tiny_llm_dir
+
+    ds = ReasonSegDataset(reasoning, "train", explanatory=-1, samples_per_epoch=40, instance_masks=True)
+    sample = next(s for s in (ds[i] for i in range(40)) if len(s.conversations) >= 2 and len(s.masks) > 2)
+    n = len(sample.masks) // len(sample.conversations)
+    assert sample.mask_sets.tolist() == [c for c in range(len(sample.conversations)) for _ in range(n)]
+    assert ReasonSegDataset(reasoning, "train", explanatory=-1, samples_per_epoch=4)[0].mask_sets.max() == -1
+    model = tiny_bridge(tiny_llm_dir())
+    batch = BridgeCollator.for_model(model)([sample])
+    assert batch["gt_mask_sets"][0].tolist() == sample.mask_sets.tolist()
+    assert batch["gt_masks"][0].shape[0] == len(sample.masks)

@@ -28,12 +28,18 @@ class SegSample:
     source: str = ""
     image_path: str = ""
     meta: dict = field(default_factory=dict)
+    # [n] set id per mask: masks with one id (>= 0) are an unordered set (the objects one answer names, one [SEG]
+    # each; the query_pointer head matches them to its [SEG]s); -1 or None: the masks follow the [SEG] order
+    mask_sets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         h, w = self.image.shape[:2]
         if self.masks.ndim != 3 or tuple(self.masks.shape[1:]) != (h, w):
             raise ValueError(f"{self.source or 'sample'} {self.image_path}: masks {self.masks.shape} do not match "
                              f"the image size {(h, w)}")
+        if self.mask_sets is not None and self.mask_sets.shape != (self.masks.shape[0],):
+            raise ValueError(f"{self.source or 'sample'} {self.image_path}: mask_sets {self.mask_sets.shape} for "
+                             f"{self.masks.shape[0]} masks")
 
 
 def empty_masks(image: np.ndarray) -> np.ndarray:

@@ -39,9 +39,11 @@ class BridgeCollator:
         if not samples:
             raise ValueError("empty batch")
         rows, labels, image_index = [], [], []
-        gt_masks = []
+        gt_masks, gt_sets = [], []
         for i, sample in enumerate(samples):
             kept_masks: list[np.ndarray] = []
+            kept_sets: list[int] = []
+            sets = sample.mask_sets if sample.mask_sets is not None else np.full(len(sample.masks), -1)
             cursor = 0
             for conv in sample.conversations:
                 ids, lab = tokenize_conversation(self.tokenizer, conv, self.system_prompt)
@@ -60,6 +62,7 @@ class BridgeCollator:
                     raise ValueError(f"{sample.source} {sample.image_path}: the conversations hold more [SEG] "
                                      f"tokens than the {len(sample.masks)} mask(s) given")
                 kept_masks += list(sample.masks[cursor:cursor + kept])
+                kept_sets += [int(v) for v in sets[cursor:cursor + kept]]
                 cursor += n_seg
                 rows.append(ids)
                 labels.append(lab)
@@ -70,6 +73,7 @@ class BridgeCollator:
             h, w = sample.image.shape[:2]
             gt_masks.append(torch.from_numpy(np.stack(kept_masks)) if kept_masks
                             else torch.zeros((0, h, w), dtype=torch.uint8))
+            gt_sets.append(torch.tensor(kept_sets, dtype=torch.long))
         input_ids, attention_mask, label_t = pad_batch(rows, int(self.tokenizer.pad_token_id), "right", labels)
         pixel_values = self.image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
         original = [(int(s.image.shape[0]), int(s.image.shape[1])) for s in samples]
@@ -81,6 +85,7 @@ class BridgeCollator:
             "pixel_values": pixel_values,
             "image_index": torch.tensor(image_index, dtype=torch.long),
             "gt_masks": gt_masks,
+            "gt_mask_sets": gt_sets,  # per image [n_i]: set id of each mask (-1: ordered); see SegSample.mask_sets
             "original_sizes": original,
             "resized_sizes": resized,
             "sources": [s.source for s in samples],

@@ -151,7 +151,7 @@ class ReasonSegDataset(RandomSampleDataset):
         mode = 0  # 0: [SEG] answer, 1: [SEG] + explanation, 2: explanation only
         if explanation is not None:
             mode = 2 if rng.random() < self.explanatory else int(rng.integers(2))
-        conversations, masks = [], []
+        conversations, masks, sets = [], [], []
         for text in chosen:
             if is_sentence:
                 question = with_image(str(rng.choice(LONG_QUESTION_LIST)).format(sent=text))
@@ -166,6 +166,9 @@ class ReasonSegDataset(RandomSampleDataset):
                 answer = str(explanation)
             if "[SEG]" in answer:
                 masks.append(targets)
+                # one answer's objects are a set: the [SEG]s may name them in any order
+                sets.append(np.full(len(targets), len(sets) if self.instance_masks else -1, dtype=np.int64))
             conversations.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
         stacked = np.concatenate(masks) if masks else np.zeros((0, h, w), dtype=np.uint8)
-        return SegSample(image, conversations, stacked, self.kind, str(path), {"is_sentence": is_sentence})
+        return SegSample(image, conversations, stacked, self.kind, str(path), {"is_sentence": is_sentence},
+                         np.concatenate(sets) if sets else np.zeros(0, dtype=np.int64))
