@@ -357,7 +357,8 @@ def build_datasets(args: argparse.Namespace, samples_per_epoch: int) -> Any:
             # a name is a folder under <dataset-dir>/reason_seg (LISA); an absolute path is used as it is
             folder = Path(name) if Path(name).is_absolute() else root / "reason_seg" / name
             built[kind] = [ReasonSegDataset(folder, splits, explanatory=args.explanatory,
-                                            instance_masks=args.reason_seg_instances, **common)]
+                                            instance_masks=args.reason_seg_instances or args.reason_seg_named,
+                                            named_answers=args.reason_seg_named, **common)]
         else:
             raise ValueError(f"unknown dataset type {kind!r}; use sem_seg, refer_seg, vqa, reason_seg")
     return HybridDataset(built, rates, **common)
@@ -410,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason-seg-instances", action="store_true",
                    help="one [SEG] and one mask per answer object (target polygons grouped by labelme group_id, "
                    "as scripts/make_shapesworld_reasoning.py writes them) instead of one union mask")
+    p.add_argument("--reason-seg-named", action="store_true",
+                   help="with one [SEG] per object: the answer names each object before its [SEG] (from the "
+                   "annotations' target_names), so the text loss supervises what the answer is")
     p.add_argument("--explanatory", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=2, help="images per micro-batch")

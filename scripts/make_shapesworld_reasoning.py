@@ -16,8 +16,9 @@ exactly what LISA's ReasonSeg loader (and ``llm_bridge.data.reason_seg``) reads.
 into hole-free polygons through boundary-pixel centres, so filling them (with their outline, as LISA's cv2
 reader and ours do) gives back the mask pixel for pixel.  Each answer object's polygons share a labelme
 ``group_id`` (0, 1, ... left to right), which ``ReasonSegDataset(instance_masks=True)`` turns into one
-``[SEG]`` and one mask per object.  Extra fields: ``template`` (question type, for per-type
-results), ``answer`` (what the question resolves to, e.g. ``"shape=ring"``), ``source`` and the object ids.
+``[SEG]`` and one mask per object; ``target_names`` ("white star", ...) says what each group is, so an answer
+can name each object before its ``[SEG]`` (``named_answers=True``).  Extra fields: ``template`` (question type,
+for per-type results), ``answer`` (what the question resolves to, e.g. ``"shape=ring"``), ``source`` and the object ids.
 
 Phrases (``is_sentence`` false) carry no leading article, like ReasonSeg's ("food that tastes spicy"), since
 LISA's templates wrap them as "Can you segment the {phrase} in this image?".
@@ -628,7 +629,8 @@ def annotation(scene: Scene, q: Question, split: str, rng: np.random.Generator, 
     shapes = []
     # one labelme group per answer object (group_id 0, 1, ... left to right by mask centroid), so readers can
     # ask for one mask per object; the union of all target polygons is still the answer mask
-    for rank, index in enumerate(sorted(q.targets, key=lambda i: _centroid_x(scene, i))):
+    ordered = sorted(q.targets, key=lambda i: _centroid_x(scene, i))
+    for rank, index in enumerate(ordered):
         for poly in mask_to_polygons(union_mask(scene, [index])):
             shapes.append({"label": "target", "points": poly, "group_id": rank, "shape_type": "polygon",
                            "flags": {}})
@@ -641,6 +643,8 @@ def annotation(scene: Scene, q: Question, split: str, rng: np.random.Generator, 
         "template": q.template,
         "answer": q.answer,
         "target_ann_ids": [scene.objects[i].ann_id for i in q.targets],
+        # what each answer object is, in group_id order (readers may have the answer name them)
+        "target_names": [f"{scene.objects[i].colour} {scene.objects[i].shape}" for i in ordered],
         "ignore_ann_ids": [scene.objects[i].ann_id for i in q.ignore],
         "source": {"split": split, "image_id": scene.image_id, "file_name": scene.file_name},
         "imageHeight": scene.height,

@@ -317,3 +317,57 @@ def test_instance_masks_of_one_answer_form_a_set_through_the_collator(reasoning)
     batch = BridgeCollator.for_model(model)([sample])
     assert batch["gt_mask_sets"][0].tolist() == sample.mask_sets.tolist()
     assert batch["gt_masks"][0].shape[0] == len(sample.masks)
+
+
+def test_named_answers_name_each_object_before_its_seg(world, reasoning):
+    """target_names (group order) are the answer objects' COCO names; named answers put each before its [SEG]."""
+    from llm_bridge.data.conversation import named_seg_answer
+    from llm_bridge.data.reason_seg import load_instance_masks
+
+    objects = {s: _coco_objects(world, s) for s in ("train", "val", "heldout")}
+    for path in sorted(reasoning.glob("*/*.json")):
+        anno = json.loads(path.read_text())
+        scene = objects[anno["source"]["split"]]
+        inst = load_instance_masks(path, anno["imageHeight"], anno["imageWidth"])
+        for name, m in zip(anno["target_names"], inst, strict=True):
+            colour, shape, _ = next(o for o in scene.values() if np.array_equal(o[2], m == 1))
+            assert name == f"{colour} {shape}"
+    ds = ReasonSegDataset(reasoning, "train", explanatory=-1, samples_per_epoch=30, instance_masks=True,
+                          named_answers=True)
+    for i in range(30):
+        sample = ds[i]
+        names = json.loads(Path(sample.image_path).with_suffix(".json").read_text())["target_names"]
+        for conv in sample.conversations:
+            answer = conv[1]["content"]
+            assert answer.count("[SEG]") == len(names)
+            at = 0
+            for n in names:  # named in group order, each right before its [SEG] (names may repeat)
+                at = answer.index(f"the {n} [SEG]", at) + 1
+        assert (sample.mask_sets == -1).all()  # named objects keep their order: no matching
+    rng = np.random.default_rng(0)
+    assert named_seg_answer(rng, ["red circle"]).endswith("the red circle [SEG].")
+    assert "the red circle [SEG] and the blue ring [SEG]." in named_seg_answer(rng, ["red circle", "blue ring"])
+    with pytest.raises(ValueError, match="needs instance_masks"):
+        ReasonSegDataset(reasoning, "train", named_answers=True)
+
+
+def test_train_cli_with_named_answers(reasoning, tmp_path, capsys):
+    from llm_bridge.testing import tiny_llm_dir
+    from llm_bridge.train import main
+
+    status = main([
+        "--output-dir", str(tmp_path / "run"), "--llm", str(tiny_llm_dir()), "--glee", "tiny", "--image-size", "64",
+        "--dataset", "reason_seg", "--sample-rates", "1", "--reason-seg-data", f"{reasoning}|train",
+        "--reason-seg-named", "--seg-head", "query_pointer", "--explanatory", "-1", "--steps", "1",
+        "--batch-size", "1", "--grad-accum", "1", "--warmup-steps", "0", "--precision", "fp32", "--workers", "0",
+        "--log-every", "1",
+    ])
+    assert status == 0 and "step=1" in capsys.readouterr().out
+    from llm_bridge.train import build_datasets, build_parser
+
+    args = build_parser().parse_args(["--output-dir", str(tmp_path / "x"), "--dataset", "reason_seg",
+                                      "--sample-rates", "1", "--reason-seg-data", f"{reasoning}|train",
+                                      "--reason-seg-named", "--explanatory", "-1"])
+    sample = build_datasets(args, 4)[0]
+    names = json.loads(Path(sample.image_path).with_suffix(".json").read_text())["target_names"]
+    assert all(f"the {names[0]} [SEG]" in c[1]["content"] for c in sample.conversations)

@@ -59,6 +59,29 @@ MULTI_ANSWER_LIST = [
 Message = dict[str, str]
 
 
+# answers that name each object before its [SEG] ({objects}: "the red circle [SEG] and the blue ring [SEG]")
+NAMED_ANSWER_LIST = [
+    "It is {objects}.",
+    "Sure, {objects}.",
+    "Sure, it is {objects}.",
+]
+NAMED_MULTI_ANSWER_LIST = [
+    "They are {objects}.",
+    "Sure, {objects}.",
+    "Sure, they are {objects}.",
+]
+
+
+def named_seg_answer(rng: Any, names: Sequence[str], seg_token: str = "[SEG]") -> str:
+    """A templated answer naming each object before its [SEG]: "Sure, they are the red circle [SEG] and ..."."""
+    if not names:
+        raise ValueError("a named answer needs at least one object name")
+    parts = [f"the {name} {seg_token}" for name in names]
+    objects = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" and {parts[-1]}"
+    pool = NAMED_ANSWER_LIST if len(parts) == 1 else NAMED_MULTI_ANSWER_LIST
+    return str(rng.choice(pool)).format(objects=objects)
+
+
 def seg_answer(rng: Any, count: int, seg_token: str = "[SEG]") -> str:
     """A templated answer with ``count`` [SEG] tokens (LISA's ANSWER_LIST for one)."""
     if count < 1:

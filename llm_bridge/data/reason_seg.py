@@ -24,6 +24,7 @@ from llm_bridge.data.conversation import (
     IMAGE_PLACEHOLDER,
     LONG_QUESTION_LIST,
     SHORT_QUESTION_LIST,
+    named_seg_answer,
     seg_answer,
     with_image,
 )
@@ -100,6 +101,7 @@ class ReasonSegDataset(RandomSampleDataset):
         samples_per_epoch: int = 1000,
         seed: int = 0,
         instance_masks: bool = False,
+        named_answers: bool = False,
     ) -> None:
         """
         Args:
@@ -109,7 +111,12 @@ class ReasonSegDataset(RandomSampleDataset):
             explanatory_file: default ``<root>/explanatory/train.json`` when present.
             instance_masks: one [SEG] and one mask per answer object (target polygons grouped by labelme
                 ``group_id``, see :func:`load_instance_masks`) instead of LISA's single union mask.
+            named_answers: with ``instance_masks``, the answer names each object before its [SEG] ("They are the
+                red circle [SEG] and the blue ring [SEG].") from the annotation's ``target_names`` (group order), so
+                the text loss supervises what the answer is; the masks then follow the [SEG] order.
         """
+        if named_answers and not instance_masks:
+            raise ValueError("named_answers needs instance_masks=True (one name and one [SEG] per object)")
         super().__init__(samples_per_epoch, seed)
         self.root = Path(root)
         split_list = splits.split("_") if isinstance(splits, str) else list(splits)
@@ -123,6 +130,7 @@ class ReasonSegDataset(RandomSampleDataset):
             raise FileNotFoundError(f"no ReasonSeg image/json pairs under {self.root} for splits {split_list}")
         self.num_per_sample = num_per_sample
         self.instance_masks = bool(instance_masks)
+        self.named_answers = bool(named_answers)
         self.explanatory = explanatory
         self.explanations: dict[str, str] = {}
         if explanatory != -1:
@@ -141,8 +149,14 @@ class ReasonSegDataset(RandomSampleDataset):
         image = read_image(path)
         h, w = image.shape[:2]
         mask, texts, is_sentence = load_mask(path.with_suffix(".json"), h, w)
+        names: list[str] | None = None
         if self.instance_masks:
             targets = load_instance_masks(path.with_suffix(".json"), h, w)
+            if self.named_answers:
+                names = [str(n) for n in read_annotation(path.with_suffix(".json")).get("target_names", [])]
+                if len(names) != len(targets):
+                    raise ValueError(f"{path.with_suffix('.json')}: {len(names)} target_names for {len(targets)} "
+                                     "answer objects; named answers need one name per group_id")
         else:
             targets = (mask == 1).astype(np.uint8)[None]
             targets[0][mask == IGNORE_VALUE] = IGNORE_VALUE  # LISA trains these as background; we leave them out
@@ -157,7 +171,7 @@ class ReasonSegDataset(RandomSampleDataset):
                 question = with_image(str(rng.choice(LONG_QUESTION_LIST)).format(sent=text))
             else:
                 question = with_image(str(rng.choice(SHORT_QUESTION_LIST)).format(class_name=text.lower()))
-            answer = seg_answer(rng, len(targets))
+            answer = named_seg_answer(rng, names) if names is not None else seg_answer(rng, len(targets))
             if mode == 1:
                 question = f"{IMAGE_PLACEHOLDER} {text} {rng.choice(EXPLANATORY_QUESTION_LIST)}"
                 answer = f"{answer} {explanation}"
@@ -167,7 +181,8 @@ class ReasonSegDataset(RandomSampleDataset):
             if "[SEG]" in answer:
                 masks.append(targets)
                 # one answer's objects are a set: the [SEG]s may name them in any order
-                sets.append(np.full(len(targets), len(sets) if self.instance_masks else -1, dtype=np.int64))
+                unordered = self.instance_masks and names is None  # named objects keep their [SEG]'s order
+                sets.append(np.full(len(targets), len(sets) if unordered else -1, dtype=np.int64))
             conversations.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
         stacked = np.concatenate(masks) if masks else np.zeros((0, h, w), dtype=np.uint8)
         return SegSample(image, conversations, stacked, self.kind, str(path), {"is_sentence": is_sentence},
