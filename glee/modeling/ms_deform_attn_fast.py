@@ -175,7 +175,7 @@ static inline uint16_t f32_to_bf16(float f) {
 #define ID(x) (x)
 #define DEFINE_KERNEL(NAME, VT, LOAD, STORE)                                                                   \
 static inline void NAME##_point(const VT* __restrict__ vbase, int64_t H, int64_t W, int64_t rowstep, int64_t D, \
-                                float lx, float ly, float a, float* __restrict__ acc) {                        \
+                                float lx, float ly, float a, float* __restrict__ acc, float* ws) {             \
   const float x = (2.f * lx - 1.f + 1.f) * ((float)W * 0.5f) - 0.5f;                                          \
   const float y = (2.f * ly - 1.f + 1.f) * ((float)H * 0.5f) - 0.5f;                                          \
   if (!(x > -1.f && y > -1.f && x < (float)W && y < (float)H)) return;                                       \
@@ -188,6 +188,7 @@ static inline void NAME##_point(const VT* __restrict__ vbase, int64_t H, int64_t
     if (xc < 0 || xc >= W || yc < 0 || yc >= H) continue;                                                    \
     const VT* __restrict__ row = vbase + (yc * W + xc) * rowstep;                                            \
     const float wc = w[c];                                                                                   \
+    if (ws) *ws += wc;  /* the summed on-map weight, when the caller wants it (NULL: a constant, inlined away) */ \
     for (int64_t d = 0; d < D; ++d) acc[d] += wc * LOAD(row[d]);                                             \
   }                                                                                                          \
 }                                                                                                            \
@@ -206,9 +207,9 @@ void NAME(const VT* value, const float* loc, const float* attn, VT* out, const i
         for (int64_t p = 0; p < P; ++p) {                                                                    \
           const int64_t i = pbase + l * P + p;                                                               \
           if (D == 32) NAME##_point(vbase, shapes[2 * l], shapes[2 * l + 1], M * D, 32, loc[2 * i],            \
-                                    loc[2 * i + 1], attn[i], acc);                                           \
+                                    loc[2 * i + 1], attn[i], acc, NULL);                                     \
           else NAME##_point(vbase, shapes[2 * l], shapes[2 * l + 1], M * D, D, loc[2 * i], loc[2 * i + 1],     \
-                            attn[i], acc);                                                                   \
+                            attn[i], acc, NULL);                                                             \
         }                                                                                                    \
       }                                                                                                      \
       VT* o = out + (nq * M + m) * D;                                                                        \
@@ -245,8 +246,8 @@ void NAME(const VT* value, const float* ref, int64_t ref_bstride, const float* p
         for (int64_t p = 0; p < P; ++p) {                                                                    \
           const int64_t i = (m * L + l) * P + p;                                                             \
           const float lx = r[2 * l] + offs[2 * i] / (float)W, ly = r[2 * l + 1] + offs[2 * i + 1] / (float)H;   \
-          if (D == 32) BASE##_point(vbase, H, W, M * D, 32, lx, ly, w[l * P + p], acc);                       \
-          else BASE##_point(vbase, H, W, M * D, D, lx, ly, w[l * P + p], acc);                                \
+          if (D == 32) BASE##_point(vbase, H, W, M * D, 32, lx, ly, w[l * P + p], acc, NULL);                 \
+          else BASE##_point(vbase, H, W, M * D, D, lx, ly, w[l * P + p], acc, NULL);                          \
         }                                                                                                    \
       }                                                                                                      \
       VT* o = out + (nq * M + m) * D;                                                                        \
@@ -380,25 +381,7 @@ void glee_msda_fused_bf16_d32(const uint16_t* value, const float* ref, int64_t r
    full C-wide memory row [N, S, C] at its own points; out [N, M, Q, C] holds the weighted sums (float32) and wsum
    [N, M, Q] the summed weight of the on-map corners, so that value_proj can be applied afterwards per head
    (sum_k w_k (W r_k + b) = W (sum_k w_k r_k) + b sum_k w_k; off-map corners are zero padding, not b). */
-#define DEFINE_ROWS(NAME, VT, LOAD)                                                                            \
-static inline void NAME##_point(const VT* __restrict__ vbase, int64_t H, int64_t W, int64_t C, float lx,        \
-                                float ly, float a, float* __restrict__ acc, float* ws) {                     \
-  const float x = (2.f * lx - 1.f + 1.f) * ((float)W * 0.5f) - 0.5f;                                          \
-  const float y = (2.f * ly - 1.f + 1.f) * ((float)H * 0.5f) - 0.5f;                                          \
-  if (!(x > -1.f && y > -1.f && x < (float)W && y < (float)H)) return;                                       \
-  const float x0f = floorf(x), y0f = floorf(y);                                                              \
-  const int64_t x0 = (int64_t)x0f, y0 = (int64_t)y0f;                                                        \
-  const float fx = x - x0f, fy = y - y0f;                                                                    \
-  const float w[4] = {(1.f - fx) * (1.f - fy) * a, fx * (1.f - fy) * a, (1.f - fx) * fy * a, fx * fy * a};      \
-  for (int c = 0; c < 4; ++c) {                                                                              \
-    const int64_t xc = x0 + (c & 1), yc = y0 + (c >> 1);                                                     \
-    if (xc < 0 || xc >= W || yc < 0 || yc >= H) continue;                                                    \
-    const VT* __restrict__ row = vbase + (yc * W + xc) * C;                                                  \
-    const float wc = w[c];                                                                                   \
-    *ws += wc;                                                                                               \
-    for (int64_t d = 0; d < C; ++d) acc[d] += wc * LOAD(row[d]);                                             \
-  }                                                                                                          \
-}                                                                                                            \
+#define DEFINE_ROWS(NAME, BASE, VT)                                                                            \
 void NAME(const VT* table, const float* loc, const float* attn, float* out, float* wsum, const int64_t* shapes,  \
           const int64_t* starts, int64_t N, int64_t S, int64_t M, int64_t C, int64_t Q, int64_t L, int64_t P,  \
           int nthreads) {                                                                                    \
@@ -412,18 +395,18 @@ void NAME(const VT* table, const float* loc, const float* attn, float* out, floa
       const VT* vbase = table + (n * S + starts[l]) * C;                                                     \
       for (int64_t p = 0; p < P; ++p) {                                                                      \
         const int64_t i = pbase + l * P + p;                                                                 \
-        if (C == 256) NAME##_point(vbase, shapes[2 * l], shapes[2 * l + 1], 256, loc[2 * i], loc[2 * i + 1],    \
-                                   attn[i], acc, &ws);                                                       \
-        else NAME##_point(vbase, shapes[2 * l], shapes[2 * l + 1], C, loc[2 * i], loc[2 * i + 1], attn[i], acc, \
-                          &ws);                                                                              \
+        if (C == 256) BASE##_point(vbase, shapes[2 * l], shapes[2 * l + 1], 256, 256, loc[2 * i],              \
+                                   loc[2 * i + 1], attn[i], acc, &ws);                                       \
+        else BASE##_point(vbase, shapes[2 * l], shapes[2 * l + 1], C, C, loc[2 * i], loc[2 * i + 1], attn[i],  \
+                          acc, &ws);                                                                         \
       }                                                                                                      \
     }                                                                                                        \
     memcpy(out + it * C, acc, (size_t)C * sizeof(float));                                                    \
     wsum[it] = ws;                                                                                           \
   }                                                                                                          \
 }
-DEFINE_ROWS(glee_msda_rows_f32, float, ID)
-DEFINE_ROWS(glee_msda_rows_bf16, uint16_t, bf16_to_f32)
+DEFINE_ROWS(glee_msda_rows_f32, glee_msda_f32, float)
+DEFINE_ROWS(glee_msda_rows_bf16, glee_msda_bf16, uint16_t)
 """
 _C_MAX_HEAD_DIM = 256  # the kernel's per-head accumulator size
 
