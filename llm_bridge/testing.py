@@ -246,3 +246,29 @@ class ForcedAnswer:
 
 # ``with single_thread(): ...`` runs torch on one intra-op thread (tiny models: faster and steadier)
 single_thread = single_threaded
+
+
+def image_conversation(question: str, answer: str) -> list[dict[str, str]]:
+    """One user turn with the image tag + one assistant turn (LISA's conversation layout)."""
+    from llm_bridge.data.conversation import with_image
+
+    return [{"role": "user", "content": with_image(question)}, {"role": "assistant", "content": answer}]
+
+
+def conversation_batch(model: Any, conversations: list[list[dict[str, str]]]) -> tuple[Any, Any, Any]:
+    """Conversations -> right-padded (input_ids, attention_mask, labels) for ``model``'s tokenizer."""
+    from llm_bridge.data.conversation import pad_batch, tokenize_conversation
+
+    rows = [tokenize_conversation(model.tokenizer, c) for c in conversations]
+    return pad_batch([r[0] for r in rows], model.pad_token_id, labels=[r[1] for r in rows])
+
+
+def random_image_inputs(model: Any, seed: int = 0) -> dict[str, Any]:
+    """Two random RGB images (48x80, 70x50) preprocessed and encoded by ``model``'s tower."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 255, (48, 80, 3), dtype=np.uint8), rng.integers(0, 255, (70, 50, 3), dtype=np.uint8)]
+    pixel_values, original, resized = model.preprocess_images(arrays)
+    return {"pixel_values": pixel_values, "original": original, "resized": resized,
+            "visual": model.encode_images(pixel_values)}

@@ -7,10 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from llm_bridge.data.conversation import build_prompt, pad_batch, tokenize_conversation, with_image
+from llm_bridge.data.conversation import build_prompt, with_image
 from llm_bridge.generation import seg_states_teacher_forced
 from llm_bridge.model import BridgeConfig, MissingPixelEmbeddingError, QueryPointerProjection, ReasonSegModel
-from llm_bridge.testing import ForcedAnswer, tiny_bridge, tiny_llm_dir
+from llm_bridge.testing import ForcedAnswer, random_image_inputs, tiny_bridge, tiny_llm_dir
+from llm_bridge.testing import conversation_batch as batch
+from llm_bridge.testing import image_conversation as conv
 from llm_bridge.tower import VisualFeatures
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -23,20 +25,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def images(model):
-    rng = np.random.default_rng(0)
-    arrays = [rng.integers(0, 255, (48, 80, 3), dtype=np.uint8), rng.integers(0, 255, (70, 50, 3), dtype=np.uint8)]
-    pixel_values, original, resized = model.preprocess_images(arrays)
-    return {"pixel_values": pixel_values, "original": original, "resized": resized,
-            "visual": model.encode_images(pixel_values)}
-
-
-def conv(question: str, answer: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": with_image(question)}, {"role": "assistant", "content": answer}]
-
-
-def batch(model, convs):
-    rows = [tokenize_conversation(model.tokenizer, c) for c in convs]
-    return pad_batch([r[0] for r in rows], model.pad_token_id, labels=[r[1] for r in rows])
+    return random_image_inputs(model)
 
 
 class _PointAt(nn.Module):
