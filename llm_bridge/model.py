@@ -487,7 +487,7 @@ class ReasonSegModel(nn.Module):
         if not isinstance(self.seg_projection, QueryPointerProjection):
             return list(self.seg_projection(flat).split(sizes))
         queries, query_masks = self._pointer_targets(sizes, visual, image_rows)
-        return list(self.seg_projection(flat.to(self.dtype), queries, query_masks).split(sizes))
+        return list(self.seg_projection(flat, queries, query_masks).split(sizes))
 
     def _pointer_targets(self, sizes: list[int], visual: VisualFeatures | None,
                          image_rows: Tensor | Sequence[int] | None) -> tuple[Tensor, Tensor]:

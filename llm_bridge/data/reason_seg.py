@@ -59,26 +59,31 @@ def rasterize(shapes: list[dict], height: int, width: int) -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def load_mask(json_path: str | Path, height: int, width: int) -> tuple[np.ndarray, list[str], bool]:
-    """(mask [H, W], instructions, is_sentence) of one ReasonSeg annotation."""
-    anno = read_annotation(json_path)
+def instructions(anno: dict, source: str | Path) -> tuple[list[str], bool]:
+    """(instructions, is_sentence) of a parsed ReasonSeg annotation; clear errors for anything else."""
     for key in ("shapes", "text", "is_sentence"):
         if key not in anno:
-            raise ValueError(f"{json_path}: not a ReasonSeg annotation (no {key!r} field)")
+            raise ValueError(f"{source}: not a ReasonSeg annotation (no {key!r} field)")
     texts = anno["text"] if isinstance(anno["text"], list) else [anno["text"]]
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
-        raise ValueError(f"{json_path}: no instruction text")
-    return rasterize(anno["shapes"], height, width), texts, bool(anno["is_sentence"])
+        raise ValueError(f"{source}: no instruction text")
+    return texts, bool(anno["is_sentence"])
 
 
-def load_instance_masks(json_path: str | Path, height: int, width: int) -> np.ndarray:
+def load_mask(json_path: str | Path, height: int, width: int) -> tuple[np.ndarray, list[str], bool]:
+    """(mask [H, W], instructions, is_sentence) of one ReasonSeg annotation."""
+    anno = read_annotation(json_path)
+    texts, is_sentence = instructions(anno, json_path)
+    return rasterize(anno["shapes"], height, width), texts, is_sentence
+
+
+def instance_masks(shapes: list[dict], height: int, width: int) -> np.ndarray:
     """[G, H, W] uint8: one mask per answer object (target polygons grouped by their labelme ``group_id``).
 
     Target polygons without a ``group_id`` form one group together (ReasonSeg's released files: the target is
     one region); ignore regions are 255 in every mask; the other groups' pixels are background.
     """
-    shapes = read_annotation(json_path).get("shapes", [])
     targets = [s for s in shapes if str(s.get("label", "")).lower() == "target"]
     others = [s for s in shapes if s not in targets]
     ids = sorted({s.get("group_id") for s in targets}, key=lambda g: (g is None, g if g is not None else 0))
@@ -86,6 +91,11 @@ def load_instance_masks(json_path: str | Path, height: int, width: int) -> np.nd
         return np.zeros((1, height, width), dtype=np.uint8)  # no target: one empty mask, as ``load_mask``
     return np.stack([rasterize([s for s in targets if s.get("group_id") == g] + others, height, width)
                      for g in ids])
+
+
+def load_instance_masks(json_path: str | Path, height: int, width: int) -> np.ndarray:
+    """:func:`instance_masks` of one ReasonSeg annotation file."""
+    return instance_masks(read_annotation(json_path).get("shapes", []), height, width)
 
 
 class ReasonSegDataset(RandomSampleDataset):
@@ -148,16 +158,19 @@ class ReasonSegDataset(RandomSampleDataset):
         path = self.images[int(rng.integers(len(self.images)))]
         image = read_image(path)
         h, w = image.shape[:2]
-        mask, texts, is_sentence = load_mask(path.with_suffix(".json"), h, w)
+        json_path = path.with_suffix(".json")
+        anno = read_annotation(json_path)
+        texts, is_sentence = instructions(anno, json_path)
         names: list[str] | None = None
         if self.instance_masks:
-            targets = load_instance_masks(path.with_suffix(".json"), h, w)
+            targets = instance_masks(anno["shapes"], h, w)
             if self.named_answers:
-                names = [str(n) for n in read_annotation(path.with_suffix(".json")).get("target_names", [])]
+                names = [str(n) for n in anno.get("target_names", [])]
                 if len(names) != len(targets):
-                    raise ValueError(f"{path.with_suffix('.json')}: {len(names)} target_names for {len(targets)} "
+                    raise ValueError(f"{json_path}: {len(names)} target_names for {len(targets)} "
                                      "answer objects; named answers need one name per group_id")
         else:
+            mask = rasterize(anno["shapes"], h, w)
             targets = (mask == 1).astype(np.uint8)[None]
             targets[0][mask == IGNORE_VALUE] = IGNORE_VALUE  # LISA trains these as background; we leave them out
         chosen = choose(rng, texts, self.num_per_sample)
