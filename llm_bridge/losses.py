@@ -163,3 +163,21 @@ def match_unordered(cost: Tensor, sets: Tensor) -> Tensor:
         rows, cols = linear_sum_assignment(block)
         order[positions[torch.as_tensor(rows)]] = positions[torch.as_tensor(cols)]
     return order
+
+
+def matched_pointer_loss(log_weights: Tensor, ious: Tensor, sets: Tensor | None = None) -> tuple[Tensor, int, Tensor]:
+    """:func:`pointer_loss` after putting each unordered set of targets in the order of the [SEG]s that point
+    at them best (:func:`match_unordered` on :func:`pointer_costs`).
+
+    Args:
+        log_weights: [n, Q] log-attention of n [SEG]s; ious: [n, Q] IoU of each query with the n targets;
+        sets: [n] set id of each target (-1 or None: the given order stands).
+    Returns:
+        (summed loss, counted [SEG]s, order [n]: target ``order[i]`` went to [SEG] i).
+    """
+    order = torch.arange(ious.shape[0])
+    if sets is not None and bool((sets >= 0).any()):
+        order = match_unordered(pointer_costs(log_weights, ious)[0], sets.cpu())
+        ious = ious[order.to(ious.device)]
+    loss, count = pointer_loss(log_weights, ious)
+    return loss, count, order

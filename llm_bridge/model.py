@@ -3,6 +3,7 @@
 Data flow (B conversations, n images, N visual tokens, H the LM width, D GLEE's mask dim)::
 
     images [n,3,S,S] --GLEE (frozen)--> tokens [n,N,C], pixel embeddings [n,D,S/4,S/4]
+        (+ per query: GLEE's mask embedding [n,Q,D] and evidence [n,Q,K+5]: class probabilities, box, confidence)
     tokens --projector (mlp2x_gelu)--> [n,N,H], spliced in place of each row's one <image> token
     LM (any transformers causal LM) --> last-layer hidden states [B,L,H]
     hidden state that predicts each [SEG] --seg_projection (H->H->D)--> e [D]
@@ -40,9 +41,7 @@ from llm_bridge.losses import (
     LossWeights,
     causal_lm_loss,
     mask_losses,
-    match_unordered,
-    pointer_costs,
-    pointer_loss,
+    matched_pointer_loss,
     query_mask_ious,
 )
 from llm_bridge.tower import GleeFeatureExtractor, GleeImageProcessor, VisualFeatures, load_glee
@@ -89,6 +88,10 @@ class BridgeConfig:
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
     pointer_loss_weight: float = 1.0  # seg_head "query_pointer" only (see llm_bridge.losses.pointer_loss)
+    # query_pointer head only: its keys also read GLEE's own per-query predictions (class probabilities over
+    # prompt_categories, confidence, box), "which query is the yellow star, how big is it", instead of decoding
+    # them from the query embedding
+    query_evidence: bool = False
 
     def __post_init__(self) -> None:
         if self.glee is None:
@@ -149,35 +152,76 @@ class QueryPointerProjection(nn.Module):
     LM learns far more slowly.
 
     Training uses the soft mix (the mask losses reach the attention through it); in eval mode the head takes
-    the single best query, as greedy decoding takes the best token: GLEE's query masks are sharp logits of
-    opposite sign, so a soft mix shows a mask only once the right query holds most of the attention.
+    the single best query, as greedy decoding takes the best token (the [SEG]s of one answer take distinct
+    ones: :func:`distinct_picks`): GLEE's query masks are sharp logits of opposite sign, so a soft mix shows a
+    mask only once the right query holds most of the attention.
     """
 
-    def __init__(self, hidden: int, query_dim: int, key_dim: int = 128) -> None:
+    def __init__(self, hidden: int, query_dim: int, key_dim: int = 128, evidence_dim: int = 0) -> None:
         super().__init__()
         self.query = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, key_dim))
         self.key = nn.Linear(query_dim, key_dim)
+        # keys also read GLEE's evidence of each query (BridgeConfig.query_evidence); zero at the start, so a head
+        # widened from one trained without evidence (ReasonSegModel.add_query_evidence) points exactly as before
+        self.evidence_key: nn.Linear | None = None
+        if evidence_dim:
+            self.add_evidence(evidence_dim)
         self.scale = key_dim**-0.5
 
-    def forward(self, states: Tensor, queries: Tensor, query_masks: Tensor) -> Tensor:
+    def add_evidence(self, evidence_dim: int) -> None:
+        key = self.key
+        self.evidence_key = nn.Linear(evidence_dim, key.out_features, bias=False, device=key.weight.device,
+                                      dtype=key.weight.dtype)
+        nn.init.zeros_(self.evidence_key.weight)
+
+    def forward(self, states: Tensor, queries: Tensor, query_masks: Tensor, evidence: Tensor | None = None,
+                groups: Tensor | None = None) -> Tensor:
         """
         Args:
             states: [n, H] hidden states that predicted each [SEG].
             queries: [n, Q, C] the object-query embeddings of each state's image.
             query_masks: [n, Q, D] GLEE's mask embedding of each of those queries.
+            evidence: [n, Q, E] GLEE's evidence of each query (needed when the head has ``evidence_key``).
+            groups: [n] the answer of each state: in eval mode the [SEG]s of one answer take distinct queries
+                (training matches them to distinct objects); None: every state picks alone.
         Returns:
             [n, D] mask embeddings.
         """
-        weights = self.log_weights(states, queries).exp()
-        if not self.training:
-            weights = F.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
+        log_weights = self.log_weights(states, queries, evidence)
+        if self.training:
+            weights = log_weights.exp()
+        else:
+            weights = F.one_hot(distinct_picks(log_weights, groups), log_weights.shape[-1]).to(log_weights.dtype)
         return torch.einsum("nq,nqd->nd", weights, query_masks.float())
 
-    def log_weights(self, states: Tensor, queries: Tensor) -> Tensor:
-        """[n, H], [n, Q, C] -> [n, Q] log-attention of each [SEG] over its image's queries (float32)."""
+    def log_weights(self, states: Tensor, queries: Tensor, evidence: Tensor | None = None) -> Tensor:
+        """[n, H], [n, Q, C] (, [n, Q, E]) -> [n, Q] log-attention of each [SEG] over its image's queries (fp32)."""
         q = self.query(states)  # [n, d]
         k = self.key(queries.to(q.dtype))  # [n, Q, d]
+        if self.evidence_key is not None:
+            if evidence is None:
+                raise ValueError("this query_pointer head reads GLEE's query evidence; pass VisualFeatures with "
+                                 "query_evidence (GleeFeatureExtractor computes it)")
+            k = k + self.evidence_key(evidence.to(q.dtype))
         return torch.log_softmax(torch.einsum("nd,nqd->nq", q, k).float() * self.scale, dim=-1)
+
+
+def distinct_picks(log_weights: Tensor, groups: Tensor | None = None) -> Tensor:
+    """[n, Q] log-attention -> [n] the query each [SEG] takes: its best, or within a group (one answer's
+    [SEG]s) the distinct queries with the highest summed log-attention (``scipy.optimize.linear_sum_assignment``)."""
+    picks = log_weights.argmax(-1)
+    if groups is None:
+        return picks
+    from scipy.optimize import linear_sum_assignment
+
+    for group in torch.unique(groups).tolist():
+        rows = (groups == group).nonzero().flatten()
+        if rows.numel() < 2 or rows.numel() > log_weights.shape[-1] or picks[rows].unique().numel() == rows.numel():
+            continue
+        block = log_weights[rows].detach().float().cpu().numpy()
+        order, cols = linear_sum_assignment(block, maximize=True)
+        picks[rows[torch.as_tensor(order)]] = torch.as_tensor(cols, device=picks.device)
+    return picks
 
 
 @dataclass
@@ -226,8 +270,10 @@ class ReasonSegModel(nn.Module):
         hidden = int(embed.weight.shape[1])
         dtype = embed.weight.dtype if embed.weight.is_floating_point() else torch.float32
         self.hidden_size = hidden
+        evidence = tower.evidence_dim if config.query_evidence else 0
         self.mm_projector = build_projector(config.projector_type, tower.hidden_size, hidden).to(dtype)
-        self.seg_projection = (QueryPointerProjection(hidden, tower.hidden_size) if config.seg_head == "query_pointer"
+        self.seg_projection = (QueryPointerProjection(hidden, tower.hidden_size, evidence_dim=evidence)
+                               if config.seg_head == "query_pointer"
                                else build_seg_projection(hidden, tower.mask_dim)).to(dtype)
         self.seg_token_id = _single_token_id(tokenizer, config.seg_token)
         self.image_token_id = _single_token_id(tokenizer, config.image_token)
@@ -426,6 +472,19 @@ class ReasonSegModel(nn.Module):
         positions = (mask_out.cumsum(-1) - 1).clamp(min=0)
         return PreparedInputs(embeds, mask_out, positions, ids_out, lab_out, image_rows_t)
 
+    def add_query_evidence(self) -> None:
+        """Turn on ``config.query_evidence`` in a query_pointer bridge trained without it (a zero
+        ``evidence_key``: it points exactly as before until trained, e.g. by ``llm_bridge.pointer_fit``)."""
+        if self.config.query_evidence:
+            return
+        head = self.seg_projection
+        if not isinstance(head, QueryPointerProjection):
+            raise ValueError(f"query evidence is read by the query_pointer [SEG] head; this bridge has seg_head "
+                             f"{self.config.seg_head!r}")
+        head.add_evidence(self._active_tower().evidence_dim)
+        head.evidence_key.requires_grad_(head.key.weight.requires_grad)
+        self.config.query_evidence = True
+
     def _context_message(self, length: int, has_image: bool) -> str:
         visual = f" including {self.num_visual_tokens} visual tokens" if has_image else ""
         return (f"the prompt is {length} tokens{visual}, but the context holds {self.max_context} "
@@ -486,12 +545,14 @@ class ReasonSegModel(nn.Module):
             torch.zeros((0, self.hidden_size), dtype=self.dtype, device=self.device)
         if not isinstance(self.seg_projection, QueryPointerProjection):
             return list(self.seg_projection(flat).split(sizes))
-        queries, query_masks = self._pointer_targets(sizes, visual, image_rows)
-        return list(self.seg_projection(flat, queries, query_masks).split(sizes))
+        queries, query_masks, evidence = self._pointer_targets(sizes, visual, image_rows)
+        groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
+        return list(self.seg_projection(flat, queries, query_masks, evidence, groups).split(sizes))
 
     def _pointer_targets(self, sizes: list[int], visual: VisualFeatures | None,
-                         image_rows: Tensor | Sequence[int] | None) -> tuple[Tensor, Tensor]:
-        """For each [SEG] (rows with ``sizes`` [SEG]s each): its image's queries [n, Q, C] and mask embeddings."""
+                         image_rows: Tensor | Sequence[int] | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """For each [SEG] (rows with ``sizes`` [SEG]s each): its image's queries [n, Q, C], their mask
+        embeddings [n, Q, D] and (with ``config.query_evidence``) their evidence [n, Q, E]."""
         rows = [int(r) for r in (image_rows.tolist() if isinstance(image_rows, Tensor) else image_rows or [])]
         if len(rows) != len(sizes):
             raise ValueError(f"the query_pointer [SEG] head needs the image of each of the {len(sizes)} rows "
@@ -502,13 +563,21 @@ class ReasonSegModel(nn.Module):
                 f"{len(image)} {self.config.seg_token} token(s) but no GLEE object queries of their image: the "
                 "query_pointer head points at an image's queries; give the conversation an image"
             )
+        tower = self._active_tower()
+        use_evidence = self.config.query_evidence
         if visual is None or visual.query_mask_embeddings is None:  # no [SEG]: an empty call
-            return (torch.zeros((0, 1, self._active_tower().hidden_size), dtype=self.dtype, device=self.device),
-                    torch.zeros((0, 1, self.mask_dim), dtype=self.dtype, device=self.device))
+            return (torch.zeros((0, 1, tower.hidden_size), dtype=self.dtype, device=self.device),
+                    torch.zeros((0, 1, self.mask_dim), dtype=self.dtype, device=self.device),
+                    torch.zeros((0, 1, tower.evidence_dim), dtype=self.dtype, device=self.device)
+                    if use_evidence else None)
+        if use_evidence and visual.query_evidence is None:
+            raise ValueError("this bridge's [SEG] head reads GLEE's query evidence (config.query_evidence); pass "
+                             "VisualFeatures with query_evidence (GleeFeatureExtractor computes it)")
         index = torch.tensor(image, dtype=torch.long, device=visual.tokens.device)
         num_queries = visual.query_mask_embeddings.shape[1]
         return (visual.tokens[index, :num_queries].to(self.device),
-                visual.query_mask_embeddings[index].to(self.device))
+                visual.query_mask_embeddings[index].to(self.device),
+                visual.query_evidence[index].to(self.device) if use_evidence else None)
 
     def seg_pointer_loss(
         self, states: list[Tensor], visual: VisualFeatures, image_rows: Tensor | Sequence[int],
@@ -524,8 +593,8 @@ class ReasonSegModel(nn.Module):
         head = self.seg_projection
         sizes = [int(s.shape[0]) for s in states]
         flat = torch.cat(states).to(self.dtype)
-        queries, _ = self._pointer_targets(sizes, visual, image_rows)
-        log_weights = head.log_weights(flat, queries)  # [n, Q]
+        queries, _, evidence = self._pointer_targets(sizes, visual, image_rows)
+        log_weights = head.log_weights(flat, queries, evidence)  # [n, Q]
         rows = [int(r) for r in (image_rows.tolist() if isinstance(image_rows, Tensor) else image_rows)]
         image = torch.tensor([r for r, n in zip(rows, sizes) for _ in range(n)], dtype=torch.long)
         total, count, matched = log_weights.sum() * 0.0, 0, []
@@ -533,20 +602,23 @@ class ReasonSegModel(nn.Module):
             if gt.shape[0] == 0:
                 matched.append(gt)
                 continue
-            with torch.no_grad():
-                low = torch.einsum("qd,dhw->qhw", visual.query_mask_embeddings[i].float(),
-                                   visual.pixel_embeddings[i].float())
-                size = original_sizes[i] if original_sizes is not None else None
-                resized = resized_sizes[i] if resized_sizes is not None else None
-                ious = query_mask_ious(postprocess_masks(low, visual.input_size, resized, size), gt.to(low.device))
+            ious = self.query_target_ious(visual, i, gt, original_sizes[i] if original_sizes is not None else None,
+                                          resized_sizes[i] if resized_sizes is not None else None)
             weights_i = log_weights[(image == i).nonzero().flatten().to(log_weights.device)]
-            if gt_mask_sets is not None and bool((gt_mask_sets[i] >= 0).any()):
-                order = match_unordered(pointer_costs(weights_i, ious)[0], gt_mask_sets[i].cpu())
-                gt, ious = gt[order.to(gt.device)], ious[order.to(ious.device)]
-            matched.append(gt)
-            loss, n = pointer_loss(weights_i, ious)
+            loss, n, order = matched_pointer_loss(weights_i, ious, gt_mask_sets[i] if gt_mask_sets else None)
+            matched.append(gt[order.to(gt.device)])
             total, count = total + loss, count + n
         return total / max(count, 1), count, matched
+
+    @torch.no_grad()
+    def query_target_ious(self, visual: VisualFeatures, image: int, gt: Tensor,
+                          original_size: tuple[int, int] | None = None,
+                          resized_size: tuple[int, int] | None = None) -> Tensor:
+        """[n, Q] IoU of each GLEE query mask of image ``image`` with each target ``gt`` [n, H, W] (0/1/ignore)."""
+        low = torch.einsum("qd,dhw->qhw", visual.query_mask_embeddings[image].float(),
+                           visual.pixel_embeddings[image].float())
+        masks = postprocess_masks(low, visual.input_size, resized_size, original_size)
+        return query_mask_ious(masks, gt.to(low.device))
 
     # ------------------------------------------------------------------ masks
     def decode_masks(

@@ -5,7 +5,9 @@ images and returns
 
 * visual tokens ``[B, N, C]``: GLEE's object-query embeddings (``GleeOutput.query_embeddings``, Q tokens),
   optionally followed by ``g*g`` average-pooled pixel-embedding tokens, so ``N = Q + g*g``;
-* the pixel-embedding map ``[B, mask_dim, S/4, S/4]`` that ``[SEG]`` embeddings are dot-multiplied with.
+* the pixel-embedding map ``[B, mask_dim, S/4, S/4]`` that ``[SEG]`` embeddings are dot-multiplied with;
+* GLEE's own reading of each query (``query_mask_embeddings``, ``query_evidence``: its mask embedding, class
+  probabilities over the prompt, confidence and box), which the ``query_pointer`` [SEG] head points with.
 
 Two thin adapters expose it:
 
@@ -75,23 +77,39 @@ class VisualFeatures:
     # [B, Q, mask_dim] GLEE's own mask embedding of each object query: query_mask_embeddings[b, q] . pixel
     # embeddings = GLEE's mask logits of query q (what a pointer [SEG] projection combines)
     query_mask_embeddings: Tensor | None = None
+    # [B, Q, K + 5] what GLEE reads in each query (see ``query_evidence``): sigmoid class probabilities over the K
+    # prompt categories, sigmoid confidence, and the box (cx, cy, w, h) relative to ``input_size``
+    query_evidence: Tensor | None = None
 
     def select(self, index: Tensor | Sequence[int]) -> VisualFeatures:
         """Rows ``index`` (e.g. one entry per conversation that shares an image)."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.tokens.device)
-        masks = self.query_mask_embeddings
+        masks, evidence = self.query_mask_embeddings, self.query_evidence
         return VisualFeatures(self.tokens[index], self.pixel_embeddings[index], self.mask_stride, self.input_size,
-                              None if masks is None else masks[index])
+                              None if masks is None else masks[index], None if evidence is None else evidence[index])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VisualFeatures:
-        masks = self.query_mask_embeddings
+        masks, evidence = self.query_mask_embeddings, self.query_evidence
         return VisualFeatures(
             self.tokens.to(device=device, dtype=dtype),
             self.pixel_embeddings.to(device=device, dtype=dtype),
             self.mask_stride,
             self.input_size,
             None if masks is None else masks.to(device=device, dtype=dtype),
+            None if evidence is None else evidence.to(device=device, dtype=dtype),
         )
+
+
+def query_evidence(pred_logits: Tensor, pred_scores: Tensor, pred_boxes: Tensor) -> Tensor:
+    """GLEE's per-query predictions as one feature vector: what a small LM cannot easily read off the embeddings.
+
+    Args:
+        pred_logits: [B, Q, K] class logits over the prompt; pred_scores: [B, Q, 1] confidence logits;
+        pred_boxes: [B, Q, 4] sigmoid (cx, cy, w, h).
+    Returns:
+        [B, Q, K + 5]: sigmoid class probabilities, sigmoid confidence, the box.
+    """
+    return torch.cat([pred_logits.sigmoid(), pred_scores.sigmoid(), pred_boxes], dim=-1)
 
 
 class GleeFeatureExtractor(nn.Module):
@@ -149,6 +167,11 @@ class GleeFeatureExtractor(nn.Module):
         return self.cfg.num_queries
 
     @property
+    def evidence_dim(self) -> int:
+        """K + 5: width of ``VisualFeatures.query_evidence`` (K prompt categories)."""
+        return len(self.prompt) + 5
+
+    @property
     def num_tokens(self) -> int:
         """N = Q object queries + g*g pooled pixel tokens."""
         return self.cfg.num_queries + self.pooled_tokens_per_side**2
@@ -201,7 +224,8 @@ class GleeFeatureExtractor(nn.Module):
             if g:
                 pooled = F.adaptive_avg_pool2d(pix, (g, g)).flatten(2).transpose(1, 2)  # [B, g*g, mask_dim]
                 tokens = torch.cat([tokens, pooled], dim=1)
-        return VisualFeatures(tokens, pix, out.mask_stride, tuple(out.padded_size), query_masks)
+            evidence = query_evidence(out.pred_logits, out.pred_scores, out.pred_boxes)
+        return VisualFeatures(tokens, pix, out.mask_stride, tuple(out.padded_size), query_masks, evidence)
 
 
 def read_glee_config(source: str | Path | GleeModel | GleeConfig) -> GleeConfig:

@@ -398,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg-head", choices=SEG_HEADS, default="mlp",
                    help="[SEG] state -> mask embedding: LISA's mlp, or query_pointer (attention over GLEE's object "
                    "queries, mixing their own mask embeddings)")
+    p.add_argument("--query-evidence", action="store_true",
+                   help="the query_pointer head's keys also read GLEE's per-query class probabilities, confidence "
+                        "and box (BridgeConfig.query_evidence); with --resume-bridge a bridge trained without them "
+                        "gets a zero evidence key and continues from exactly its outputs")
     p.add_argument("--model-max-length", type=int, default=512)
     p.add_argument("--dataset-dir", default="./dataset")
     p.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg")
@@ -463,13 +467,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # with --glee: continue on that tower (e.g. a retrained GLEE) instead of the bridge's own
         model = ReasonSegModel.from_pretrained(args.resume_bridge, quantization=quantization, is_trainable=True,
                                                glee=args.glee)
+        if args.query_evidence:
+            model.add_query_evidence()
     else:
         if not args.glee:
             raise SystemExit("--glee is required: a GLEE save_pretrained folder (or a preset name for a smoke run)")
+        prompt = {"prompt_categories": read_prompt_categories(args.prompt_categories)} if args.prompt_categories else {}
         cfg = BridgeConfig(llm=args.llm, glee=read_glee_config(args.glee).to_dict(), image_size=args.image_size,
                            pooled_tokens_per_side=args.pooled_tokens, model_max_length=args.model_max_length,
-                           seg_head=args.seg_head, **({"prompt_categories": read_prompt_categories(
-                               args.prompt_categories)} if args.prompt_categories else {}))
+                           seg_head=args.seg_head, query_evidence=args.query_evidence, **prompt)
         model = build_bridge(cfg, glee_model=args.glee, quantization=quantization)
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                         target_modules=args.lora_targets.split(","), token_rows=args.token_rows)

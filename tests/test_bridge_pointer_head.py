@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,13 @@ from torch import nn
 
 from llm_bridge.data.conversation import build_prompt, with_image
 from llm_bridge.generation import seg_states_teacher_forced
-from llm_bridge.model import BridgeConfig, MissingPixelEmbeddingError, QueryPointerProjection, ReasonSegModel
+from llm_bridge.model import (
+    BridgeConfig,
+    MissingPixelEmbeddingError,
+    QueryPointerProjection,
+    ReasonSegModel,
+    distinct_picks,
+)
 from llm_bridge.testing import ForcedAnswer, random_image_inputs, tiny_bridge, tiny_llm_dir
 from llm_bridge.testing import conversation_batch as batch
 from llm_bridge.testing import image_conversation as conv
@@ -55,7 +63,7 @@ def test_a_one_hot_pointer_gives_exactly_glee_query_mask(model, images):
     visual = images["visual"]
     head = model.seg_projection
     assert isinstance(head, QueryPointerProjection)
-    states = [torch.randn(1, model.hidden_size), torch.randn(2, model.hidden_size)]
+    states = [torch.randn(1, model.hidden_size), torch.randn(1, model.hidden_size)]  # two answers, one [SEG] each
     for image, query in ((0, 3), (1, 0)):
         with torch.no_grad():
             key = head.key(visual.tokens[image, query])
@@ -277,3 +285,79 @@ def test_an_answer_names_its_objects_in_any_order(model, images):
     # the matching picks one of the two orders (the one its pointer cost prefers)
     assert any(losses["set"] == pytest.approx(losses[k], rel=1e-6) for k in ("given", "swapped"))
     assert losses["given"] != pytest.approx(losses["swapped"], rel=1e-4)  # order matters without sets
+
+
+def test_tower_query_evidence_is_glee_own_predictions(model, images):
+    visual = images["visual"]
+    glee = model.tower.glee
+    with torch.no_grad():
+        out = glee(images["pixel_values"], categories=model.config.prompt_categories)
+    k = len(model.config.prompt_categories)
+    assert visual.query_evidence.shape == (2, glee.cfg.num_queries, k + 5) == (2, 6, model.tower.evidence_dim)
+    torch.testing.assert_close(visual.query_evidence[..., :k], out.pred_logits.sigmoid())
+    torch.testing.assert_close(visual.query_evidence[..., k], out.pred_scores[..., 0].sigmoid())
+    torch.testing.assert_close(visual.query_evidence[..., k + 1:], out.pred_boxes)
+    assert torch.equal(visual.select([1]).query_evidence[0], visual.query_evidence[1])
+    assert visual.to(dtype=torch.bfloat16).query_evidence.dtype == torch.bfloat16
+
+
+def test_add_query_evidence_points_as_before_then_reads_the_evidence(images, tmp_path):
+    bridge = tiny_bridge(tiny_llm_dir(), pooled_tokens_per_side=2, seg_head="query_pointer")
+    ids, mask, _ = batch(bridge, [conv("Segment the two.", "They are [SEG] and [SEG].")])
+    visual = images["visual"].select([0])
+
+    def log_weights(m, v=visual):
+        with torch.no_grad():
+            out = m(ids, mask, visual=v, return_hidden=True)
+            states = m.seg_states(out.hidden_states, m.prepare_inputs(ids, mask, None, v))
+            queries, _, evidence = m._pointer_targets([2], v, [0])
+            return m.seg_projection.log_weights(states[0], queries, evidence)
+
+    before = log_weights(bridge)
+    bridge.add_query_evidence()
+    head = bridge.seg_projection
+    assert bridge.config.query_evidence and head.evidence_key.in_features == len(bridge.config.prompt_categories) + 5
+    torch.testing.assert_close(log_weights(bridge), before, atol=0, rtol=0)  # a zero evidence key
+    bridge.add_query_evidence()  # idempotent
+    with torch.no_grad():
+        head.evidence_key.weight.normal_()  # once trained (here: random) the head reads the evidence
+    after = log_weights(bridge)
+    assert not torch.allclose(after, before)
+    other = dataclasses.replace(visual, query_evidence=visual.query_evidence.flip(1))  # queries' evidence swapped
+    assert not torch.allclose(log_weights(bridge, other), after)
+    bridge.save_pretrained(tmp_path / "bridge")
+    loaded = ReasonSegModel.from_pretrained(tmp_path / "bridge")
+    assert loaded.config.query_evidence
+    torch.testing.assert_close(log_weights(loaded), after, atol=1e-5, rtol=1e-5)
+    # features without evidence: a clear error, not a shape crash
+    with pytest.raises(ValueError, match="query evidence"):
+        bridge.project_seg([torch.randn(1, bridge.hidden_size)], dataclasses.replace(visual, query_evidence=None), [0])
+    with pytest.raises(ValueError, match="query_pointer"):
+        tiny_bridge(tiny_llm_dir(), pooled_tokens_per_side=2).add_query_evidence()  # LISA's head has no keys
+
+
+def test_the_seg_of_one_answer_take_distinct_queries_in_eval(model, images):
+    log_w = torch.log_softmax(torch.tensor([[0.0, 1.0, 5.0, 0.0],
+                                            [0.0, 0.5, 4.0, 3.0],  # also prefers 2; 3 is its next best
+                                            [0.0, 0.0, 6.0, 0.0]]), -1)
+    assert distinct_picks(log_w).tolist() == [2, 2, 2]  # alone, each takes its best
+    assert distinct_picks(log_w, torch.tensor([0, 0, 1])).tolist() == [2, 3, 2]  # answer 0: distinct
+    # the best joint assignment, not first come first served: row 0 gives 2 up (cost 4) for row 1 (cost 1.5)
+    joint = torch.log_softmax(torch.tensor([[0.0, 1.0, 5.0], [0.0, 0.0, 5.0]]), -1)
+    assert distinct_picks(joint, torch.tensor([7, 7])).tolist() == [1, 2]
+    # through the model: two [SEG]s of one answer never decode the same query in eval mode
+    visual = images["visual"]
+    head = model.seg_projection
+    with torch.no_grad():
+        key = head.key(visual.tokens[0, 3])
+    original = head.query
+    head.query = _PointAt(key * 1e4)  # every state asks for query 3
+    try:
+        with torch.no_grad():
+            emb = model.project_seg([torch.randn(2, model.hidden_size), torch.randn(1, model.hidden_size)], visual,
+                                    image_rows=[0, 0])
+    finally:
+        head.query = original
+    torch.testing.assert_close(emb[0][0], visual.query_mask_embeddings[0, 3])
+    assert not torch.allclose(emb[0][1], visual.query_mask_embeddings[0, 3])
+    torch.testing.assert_close(emb[1][0], visual.query_mask_embeddings[0, 3])  # another answer: its own best

@@ -128,6 +128,19 @@ def test_train_cli_pointer_head_with_instance_masks(tmp_path, data_root, capsys)
     assert bridge.config.seg_head == "query_pointer"
     assert type(bridge.seg_projection).__name__ == "QueryPointerProjection"
     assert bridge.config.prompt_categories == ["red circle", "blue star"]
+    assert not bridge.config.query_evidence and bridge.seg_projection.evidence_key is None
+    # a second stage that gives the trained bridge's head GLEE's query evidence and trains it
+    status = main([
+        "--output-dir", str(tmp_path / "run2"), "--resume-bridge", str(tmp_path / "run/bridge"), "--query-evidence",
+        "--image-size", "64", "--dataset-dir", str(data_root), "--dataset", "reason_seg", "--sample-rates", "1",
+        "--reason-seg-instances", "--explanatory", "-1", "--steps", "2", "--batch-size", "1", "--grad-accum", "1",
+        "--warmup-steps", "0", "--precision", "fp32", "--workers", "0", "--lr", "1e-2",
+    ])
+    assert status == 0
+    widened = ReasonSegModel.from_pretrained(tmp_path / "run2/bridge")
+    assert widened.config.query_evidence and widened.config.prompt_categories == ["red circle", "blue star"]
+    assert widened.seg_projection.evidence_key.in_features == 2 + 5
+    assert float(widened.seg_projection.evidence_key.weight.abs().sum()) > 0  # trained from zero
     assert read_prompt_categories(" cat, dog ,") == ["cat", "dog"]
     (tmp_path / "names.txt").write_text("cat\n\ndog\n")
     assert read_prompt_categories(str(tmp_path / "names.txt")) == ["cat", "dog"]

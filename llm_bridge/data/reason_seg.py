@@ -155,7 +155,10 @@ class ReasonSegDataset(RandomSampleDataset):
         return f"{len(self.images)} images, {len(self.explanations)} explanations"
 
     def sample(self, rng: np.random.Generator) -> SegSample:
-        path = self.images[int(rng.integers(len(self.images)))]
+        return self.sample_image(self.images[int(rng.integers(len(self.images)))], rng)
+
+    def sample_image(self, path: Path, rng: np.random.Generator) -> SegSample:
+        """The sample of one image: its question(s) asked ``num_per_sample`` ways, with answers and masks."""
         image = read_image(path)
         h, w = image.shape[:2]
         json_path = path.with_suffix(".json")

@@ -1,0 +1,210 @@
+"""Refit a bridge's ``query_pointer`` [SEG] head on cached language-model states (LM, LoRA, projector fixed).
+
+    python -m llm_bridge.pointer_fit --bridge runs/bridge_nano/bridge --output-dir runs/bridge_nano_fit \\
+        --reason-seg-data "datasets/shapesworld_reasoning|train" --val-data "datasets/shapesworld_reasoning|val" \\
+        --query-evidence --epochs 20
+
+A cheap second stage after ``llm_bridge.train``.  One pass over every training image runs the frozen bridge
+once, teacher forced on LISA-style answers with one [SEG] per object, and keeps what the head needs: each
+[SEG]'s hidden state, the image's GLEE query embeddings and evidence, and the IoU of every query mask with every
+target.  The head then trains for many epochs on that cache in seconds each, with the same pointer loss (and
+unordered matching of an answer's objects) as the full training; a full-model step costs a whole LM forward
+and backward, so the head sees far more images per CPU-hour here.  ``--query-evidence`` first gives the head
+keys on GLEE's own per-query predictions (``BridgeConfig.query_evidence``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from llm_bridge.losses import matched_pointer_loss
+from llm_bridge.model import QueryPointerProjection, ReasonSegModel, distinct_picks
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _pointer_head(model: ReasonSegModel) -> QueryPointerProjection:
+    head = model.seg_projection
+    if not isinstance(head, QueryPointerProjection):
+        raise ValueError(f"pointer_fit refits the query_pointer [SEG] head; this bridge has seg_head "
+                         f"{model.config.seg_head!r}")
+    return head
+
+
+@torch.no_grad()
+def collect_pointer_examples(model: ReasonSegModel, dataset: object, passes: int = 1, seed: int = 0,
+                             progress: bool = True) -> list[dict[str, Tensor]]:
+    """One example per answer with [SEG]s: ``states`` [n, H], ``queries`` [Q, C], ``evidence`` [Q, E],
+    ``ious`` [n, Q] (query masks vs the answer's n targets), ``sets`` [n] (>= 0: an unordered set).
+
+    ``dataset`` is a :class:`~llm_bridge.data.reason_seg.ReasonSegDataset` (any dataset with ``images`` and
+    ``sample_image(path, rng)``); every image is sampled ``passes`` times, deterministically from ``seed``.
+    """
+    from tqdm import tqdm
+
+    from llm_bridge.data import BridgeCollator
+
+    _pointer_head(model)
+    model.eval()
+    collator = BridgeCollator.for_model(model)
+    jobs = [(p, path) for p in range(passes) for path in dataset.images]
+    examples: list[dict[str, Tensor]] = []
+    for i, (p, path) in enumerate(tqdm(jobs, desc="caching [SEG] states", disable=not progress)):
+        sample = dataset.sample_image(path, np.random.default_rng([seed, p, i]))
+        batch = collator([sample])
+        visual = model.encode_images(batch["pixel_values"])
+        out = model(batch["input_ids"], batch["attention_mask"], visual=visual, image_index=batch["image_index"],
+                    return_hidden=True)
+        prepared = model.prepare_inputs(batch["input_ids"], batch["attention_mask"], None, visual,
+                                        batch["image_index"])
+        states = model.seg_states(out.hidden_states, prepared)
+        gt, sets = batch["gt_masks"][0], batch["gt_mask_sets"][0]
+        if gt.shape[0] == 0:
+            continue
+        ious = model.query_target_ious(visual, 0, gt, batch["original_sizes"][0], batch["resized_sizes"][0])
+        num_queries = visual.query_mask_embeddings.shape[1]
+        cursor = 0
+        for row_states in states:  # one row per conversation, all of this image
+            n = int(row_states.shape[0])
+            if n:
+                examples.append({"states": row_states.float().cpu(), "ious": ious[cursor:cursor + n].cpu(),
+                                 "sets": sets[cursor:cursor + n].cpu(),
+                                 "queries": visual.tokens[0, :num_queries].float().cpu(),
+                                 "evidence": visual.query_evidence[0].float().cpu()})
+            cursor += n
+    return examples
+
+
+def _log_weights(head: QueryPointerProjection, example: dict[str, Tensor]) -> Tensor:
+    n = example["states"].shape[0]
+    evidence = example["evidence"].expand(n, -1, -1) if head.evidence_key is not None else None
+    dtype = head.key.weight.dtype
+    return head.log_weights(example["states"].to(dtype), example["queries"].to(dtype).expand(n, -1, -1),
+                            None if evidence is None else evidence.to(dtype))
+
+
+@torch.no_grad()
+def pick_accuracy(head: QueryPointerProjection, examples: Sequence[dict[str, Tensor]],
+                  min_iou: float = 0.5) -> float:
+    """Share of targets that one of their answer's (distinct, eval-mode) picks covers with IoU >= ``min_iou``."""
+    covered = total = 0
+    for ex in examples:
+        picks = distinct_picks(_log_weights(head, ex), torch.zeros(ex["states"].shape[0], dtype=torch.long))
+        hit = ex["ious"][:, picks] >= min_iou  # [targets, picks]
+        covered += int(hit.any(1).sum())
+        total += int(hit.shape[0])
+    return covered / max(total, 1)
+
+
+def fit_pointer_head(head: QueryPointerProjection, examples: Sequence[dict[str, Tensor]], epochs: int = 20,
+                     lr: float = 1e-3, weight_decay: float = 1e-2, batch_size: int = 16, seed: int = 0,
+                     val_examples: Sequence[dict[str, Tensor]] | None = None,
+                     log: object = print) -> list[dict[str, float]]:
+    """Train ``head`` with the pointer loss on cached examples (AdamW, shuffled mini-batches of answers).
+
+    Returns one record per epoch: mean loss, and pick accuracy on ``val_examples`` when given.
+    """
+    if not examples:
+        raise ValueError("no cached [SEG] examples to fit on: the data gave no answer with a [SEG]")
+    params = [p for p in head.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the pointer head has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    head.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        running, steps = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            total, count = None, 0
+            for k in order[start:start + batch_size]:
+                loss, n, _ = matched_pointer_loss(_log_weights(head, examples[k]), examples[k]["ious"],
+                                                  examples[k]["sets"])
+                total, count = (loss if total is None else total + loss), count + n
+            if not count:
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            (total / count).backward()
+            optimizer.step()
+            running, steps = running + float(total.detach()) / count, steps + 1
+        record = {"epoch": epoch + 1, "loss": running / max(steps, 1)}
+        if val_examples:
+            head.eval()
+            record["val_pick_accuracy"] = pick_accuracy(head, val_examples)
+            head.train()
+        history.append(record)
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    head.eval()
+    return history
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llm_bridge.pointer_fit", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bridge", required=True, help="bridge folder with a query_pointer head (ReasonSegModel."
+                   "save_pretrained, e.g. llm_bridge.train's <output-dir>/bridge)")
+    p.add_argument("--output-dir", required=True, help="where the refitted bridge is written")
+    p.add_argument("--reason-seg-data", required=True, help="'<ReasonSeg folder>|<split>' with labelme group ids "
+                   "(one [SEG] per answer object)")
+    p.add_argument("--val-data", help="'<folder>|<split>' to report pick accuracy on after each epoch")
+    p.add_argument("--query-evidence", action="store_true", help="add evidence keys to the head first "
+                   "(BridgeConfig.query_evidence)")
+    p.add_argument("--fresh-head", action="store_true", help="re-initialise the head instead of refining it")
+    p.add_argument("--passes", type=int, default=1, help="samples (question wordings) per training image")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--batch-size", type=int, default=16, help="answers per optimizer step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", help="a .pt file: the cached training examples are read from it if it exists, "
+                   "else written to it")
+    return p
+
+
+def _dataset(spec: str) -> object:
+    from llm_bridge.data.reason_seg import ReasonSegDataset
+
+    folder, _, split = spec.partition("|")
+    return ReasonSegDataset(folder, split or "train", explanatory=-1, instance_masks=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model = ReasonSegModel.from_pretrained(args.bridge)
+    head = _pointer_head(model)
+    if args.query_evidence:
+        model.add_query_evidence()
+    if args.fresh_head:
+        head = QueryPointerProjection(model.hidden_size, model._active_tower().hidden_size,
+                                      evidence_dim=head.evidence_key.in_features if head.evidence_key else 0)
+        model.seg_projection = head
+    head.requires_grad_(True)
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None and cache.exists():
+        examples = torch.load(cache, weights_only=True)
+        print(f"{len(examples)} cached answers read from {cache}", flush=True)
+    else:
+        examples = collect_pointer_examples(model, _dataset(args.reason_seg_data), args.passes, args.seed)
+        if cache is not None:
+            torch.save(examples, cache)
+    val = collect_pointer_examples(model, _dataset(args.val_data), 1, args.seed + 1) if args.val_data else None
+    if val:
+        print(f"val pick accuracy before fitting: {pick_accuracy(head, val):.3f}", flush=True)
+    fit_pointer_head(head, examples, args.epochs, args.lr, args.weight_decay, args.batch_size, args.seed, val)
+    out = model.save_pretrained(args.output_dir)
+    print(f"bridge written to {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
