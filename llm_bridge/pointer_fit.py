@@ -16,7 +16,6 @@ keys on GLEE's own per-query predictions (``BridgeConfig.query_evidence``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +26,6 @@ from torch import Tensor
 
 from llm_bridge.losses import matched_pointer_loss
 from llm_bridge.model import QueryPointerProjection, ReasonSegModel, distinct_picks
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _pointer_head(model: ReasonSegModel) -> QueryPointerProjection:
@@ -81,6 +78,19 @@ def collect_pointer_examples(model: ReasonSegModel, dataset: object, passes: int
                                  "evidence": visual.query_evidence[0].float().cpu()})
             cursor += n
     return examples
+
+
+def check_examples(head: QueryPointerProjection, examples: Sequence[dict[str, Tensor]], source: str) -> None:
+    """A clear error when cached examples do not fit ``head`` (e.g. a cache written for another bridge)."""
+    widths = {"states": head.query[0].in_features, "queries": head.key.in_features}
+    if head.evidence_key is not None:
+        widths["evidence"] = head.evidence_key.in_features
+    for key, width in widths.items():
+        got = {int(ex[key].shape[-1]) for ex in examples[:1]} if examples and key in examples[0] else {None}
+        if got != {width}:
+            raise ValueError(f"{source}: cached {key!r} have width {got.pop()}, this bridge's head expects {width}; "
+                             "the cache was written for another bridge (or without evidence): delete it or pass "
+                             "another --cache")
 
 
 def _log_weights(head: QueryPointerProjection, example: dict[str, Tensor]) -> Tensor:
@@ -192,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = Path(args.cache) if args.cache else None
     if cache is not None and cache.exists():
         examples = torch.load(cache, weights_only=True)
+        check_examples(head, examples, str(cache))
         print(f"{len(examples)} cached answers read from {cache}", flush=True)
     else:
         examples = collect_pointer_examples(model, _dataset(args.reason_seg_data), args.passes, args.seed)

@@ -101,6 +101,9 @@ def test_cli_writes_then_reads_the_cache_and_refits(model, reason_seg, tmp_path,
     head = fitted.seg_projection
     assert fitted.config.query_evidence and float(head.evidence_key.weight.detach().abs().sum()) > 0
     assert pick_accuracy(head, cache) > 0.5  # learnt from the cache (chance: 1/6)
+    torch.save(_evidence_examples(0, 4), tmp_path / "other.pt")  # written for another bridge
+    with pytest.raises(ValueError, match="another bridge"):
+        main(args[:-1] + [str(tmp_path / "other.pt")])
     mlp = tiny_bridge(tiny_llm_dir(), pooled_tokens_per_side=0)
     mlp.save_pretrained(tmp_path / "mlp")
     with pytest.raises(ValueError, match="query_pointer"):
