@@ -43,15 +43,19 @@ from glee.modeling.ms_deform_attn import DeformKernel, ms_deform_attn_core
 DEFAULT_CHUNK = 2048  # queries per gather chunk: 2048 * 8 heads * 64 corners * 8 B ~ 8 MB of indices/weights
 
 
+def _check_positions(positions: int, spatial_shapes: list[tuple[int, int]], name: str) -> None:
+    if positions != sum(h * w for h, w in spatial_shapes):
+        raise ValueError(f"{name} has {positions} positions but spatial_shapes {spatial_shapes} cover "
+                         f"{sum(h * w for h, w in spatial_shapes)}")
+
+
 def padded_value_table(value: Tensor, spatial_shapes: list[tuple[int, int]]) -> Tensor:
     """[N, S, M, D] values -> [N, Sp, M, D] with every level zero-padded by one pixel on each side.
 
     ``Sp = sum((H_l + 2) * (W_l + 2))``.
     """
     n, s, m, d = value.shape
-    if s != sum(h * w for h, w in spatial_shapes):
-        raise ValueError(f"value has {s} positions but spatial_shapes {spatial_shapes} cover "
-                         f"{sum(h * w for h, w in spatial_shapes)}")
+    _check_positions(s, spatial_shapes, "value")
     sizes = [(h + 2) * (w + 2) for h, w in spatial_shapes]
     table = value.new_zeros(n, sum(sizes), m, d)
     start = 0
@@ -487,6 +491,26 @@ def _cpu_library() -> ctypes.CDLL | None:
     return lib
 
 
+def _kernel_table(table: Tensor) -> Tensor:
+    """``table`` as the C kernels read it: contiguous float32 or bfloat16 (other dtypes through float32)."""
+    if table.dtype not in (torch.float32, torch.bfloat16):
+        table = table.float()
+    return table.contiguous()
+
+
+def _level_tables(spatial_shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """The C kernels' int64 level tables: (H, W) of each level, flattened, and each level's first position."""
+    shapes = torch.tensor([int(v) for hw in spatial_shapes for v in hw], dtype=torch.int64)
+    starts = torch.tensor([0] + [int(h) * int(w) for h, w in spatial_shapes][:-1], dtype=torch.int64).cumsum(0)
+    return shapes, starts
+
+
+def _sampling_inputs(sampling_locations: Tensor, attention_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Locations and weights as the C kernels read them: detached contiguous float32."""
+    return (sampling_locations.detach().to(torch.float32).contiguous(),
+            attention_weights.detach().to(torch.float32).contiguous())
+
+
 def cpu_kernel_available() -> bool:
     """True when the C kernel is (or can be) built and loaded on this machine."""
     return _cpu_library() is not None
@@ -510,19 +534,13 @@ def ms_deform_attn_cpu(
         raise ValueError(f"inconsistent shapes: value {tuple(value.shape)}, locations "
                          f"{tuple(sampling_locations.shape)}, weights {tuple(attention_weights.shape)}, "
                          f"{len(spatial_shapes)} levels")
-    if s != sum(h * w for h, w in spatial_shapes):
-        raise ValueError(f"value has {s} positions but spatial_shapes {spatial_shapes} cover "
-                         f"{sum(h * w for h, w in spatial_shapes)}")
+    _check_positions(s, spatial_shapes, "value")
     if d > _C_MAX_HEAD_DIM:
         return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
     out_dtype = value.dtype
-    if value.dtype not in (torch.float32, torch.bfloat16):
-        value = value.float()
-    value = value.contiguous()
-    loc = sampling_locations.detach().to(torch.float32).contiguous()
-    attn = attention_weights.detach().to(torch.float32).contiguous()
-    shapes = torch.tensor([int(v) for hw in spatial_shapes for v in hw], dtype=torch.int64)
-    starts = torch.tensor([0] + [int(h) * int(w) for h, w in spatial_shapes][:-1], dtype=torch.int64).cumsum(0)
+    value = _kernel_table(value)
+    loc, attn = _sampling_inputs(sampling_locations, attention_weights)
+    shapes, starts = _level_tables(spatial_shapes)
     out = value.new_empty(n, lq, m * d)
     fn = lib.glee_msda_f32 if value.dtype == torch.float32 else lib.glee_msda_bf16
     fn(value.data_ptr(), loc.data_ptr(), attn.data_ptr(), out.data_ptr(), shapes.data_ptr(), starts.data_ptr(),
@@ -558,16 +576,10 @@ def ms_deform_attn_rows_cpu(
         raise ValueError(f"inconsistent shapes: memory {tuple(memory.shape)}, locations "
                          f"{tuple(sampling_locations.shape)}, weights {tuple(attention_weights.shape)}, "
                          f"{len(spatial_shapes)} levels (C at most {_C_MAX_HEAD_DIM})")
-    if s != sum(h * w for h, w in spatial_shapes):
-        raise ValueError(f"memory has {s} positions but spatial_shapes {spatial_shapes} cover "
-                         f"{sum(h * w for h, w in spatial_shapes)}")
-    if memory.dtype not in (torch.float32, torch.bfloat16):
-        memory = memory.float()
-    memory = memory.contiguous()
-    loc = sampling_locations.detach().to(torch.float32).contiguous()
-    attn = attention_weights.detach().to(torch.float32).contiguous()
-    shapes = torch.tensor([int(v) for hw in spatial_shapes for v in hw], dtype=torch.int64)
-    starts = torch.tensor([0] + [int(h) * int(w) for h, w in spatial_shapes][:-1], dtype=torch.int64).cumsum(0)
+    _check_positions(s, spatial_shapes, "memory")
+    memory = _kernel_table(memory)
+    loc, attn = _sampling_inputs(sampling_locations, attention_weights)
+    shapes, starts = _level_tables(spatial_shapes)
     sampled = torch.empty(n, m, lq, c, dtype=torch.float32)
     weight_sum = torch.empty(n, m, lq, dtype=torch.float32)
     fn = lib.glee_msda_rows_f32 if memory.dtype == torch.float32 else lib.glee_msda_rows_bf16
@@ -661,12 +673,9 @@ def attend_fused_cpu(
         ref = ref.contiguous()
     ref_bstride = ref.stride(0) if n > 1 else 0
     out_dtype = value.dtype
-    if value.dtype not in (torch.float32, torch.bfloat16):
-        value = value.float()
-    value = value.contiguous()
+    value = _kernel_table(value)
     d = value.shape[-1]
-    shapes = torch.tensor([int(v) for hw in spatial_shapes for v in hw], dtype=torch.int64)
-    starts = torch.tensor([0] + [int(h) * int(w) for h, w in spatial_shapes][:-1], dtype=torch.int64).cumsum(0)
+    shapes, starts = _level_tables(spatial_shapes)
     out = value.new_empty(n, lq, m * d)
     if value.dtype == torch.float32:
         fn = lib.glee_msda_fused_f32
