@@ -570,14 +570,12 @@ class ReasonSegModel(nn.Module):
                     torch.zeros((0, 1, self.mask_dim), dtype=self.dtype, device=self.device),
                     torch.zeros((0, 1, tower.evidence_dim), dtype=self.dtype, device=self.device)
                     if use_evidence else None)
-        if use_evidence and visual.query_evidence is None:
-            raise ValueError("this bridge's [SEG] head reads GLEE's query evidence (config.query_evidence); pass "
-                             "VisualFeatures with query_evidence (GleeFeatureExtractor computes it)")
         index = torch.tensor(image, dtype=torch.long, device=visual.tokens.device)
         num_queries = visual.query_mask_embeddings.shape[1]
+        evidence = visual.query_evidence if use_evidence else None  # missing: the head's own error says so
         return (visual.tokens[index, :num_queries].to(self.device),
                 visual.query_mask_embeddings[index].to(self.device),
-                visual.query_evidence[index].to(self.device) if use_evidence else None)
+                None if evidence is None else evidence[index].to(self.device))
 
     def seg_pointer_loss(
         self, states: list[Tensor], visual: VisualFeatures, image_rows: Tensor | Sequence[int],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +58,9 @@ def collect_pointer_examples(model: ReasonSegModel, dataset: object, passes: int
         sample = dataset.sample_image(path, np.random.default_rng([seed, p, i]))
         batch = collator([sample])
         visual = model.encode_images(batch["pixel_values"])
-        out = model(batch["input_ids"], batch["attention_mask"], visual=visual, image_index=batch["image_index"],
-                    return_hidden=True)
         prepared = model.prepare_inputs(batch["input_ids"], batch["attention_mask"], None, visual,
                                         batch["image_index"])
-        states = model.seg_states(out.hidden_states, prepared)
+        states = model.seg_states(model.run_decoder(prepared).last_hidden_state, prepared)
         gt, sets = batch["gt_masks"][0], batch["gt_mask_sets"][0]
         if gt.shape[0] == 0:
             continue
@@ -85,10 +83,11 @@ def check_examples(head: QueryPointerProjection, examples: Sequence[dict[str, Te
     widths = {"states": head.query[0].in_features, "queries": head.key.in_features}
     if head.evidence_key is not None:
         widths["evidence"] = head.evidence_key.in_features
+    first = examples[0] if examples else {}
     for key, width in widths.items():
-        got = {int(ex[key].shape[-1]) for ex in examples[:1]} if examples and key in examples[0] else {None}
-        if got != {width}:
-            raise ValueError(f"{source}: cached {key!r} have width {got.pop()}, this bridge's head expects {width}; "
+        got = int(first[key].shape[-1]) if key in first else None
+        if got != width:
+            raise ValueError(f"{source}: cached {key!r} have width {got}, this bridge's head expects {width}; "
                              "the cache was written for another bridge (or without evidence): delete it or pass "
                              "another --cache")
 
@@ -117,7 +116,7 @@ def pick_accuracy(head: QueryPointerProjection, examples: Sequence[dict[str, Ten
 def fit_pointer_head(head: QueryPointerProjection, examples: Sequence[dict[str, Tensor]], epochs: int = 20,
                      lr: float = 1e-3, weight_decay: float = 1e-2, batch_size: int = 16, seed: int = 0,
                      val_examples: Sequence[dict[str, Tensor]] | None = None,
-                     log: object = print) -> list[dict[str, float]]:
+                     log: Callable[[str], object] = print) -> list[dict[str, float]]:
     """Train ``head`` with the pointer loss on cached examples (AdamW, shuffled mini-batches of answers).
 
     Returns one record per epoch: mean loss, and pick accuracy on ``val_examples`` when given.
