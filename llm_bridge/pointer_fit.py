@@ -11,6 +11,10 @@ target.  The head then trains for many epochs on that cache in seconds each, wit
 unordered matching of an answer's objects) as the full training; a full-model step costs a whole LM forward
 and backward, so the head sees far more images per CPU-hour here.  ``--query-evidence`` first gives the head
 keys on GLEE's own per-query predictions (``BridgeConfig.query_evidence``).
+
+Caching an image costs one teacher-forced forward, so the head can also learn from images the LM never trained
+on: ``--reason-seg-data`` takes several folders, and ``--extra-cache`` adds caches written by earlier runs (e.g.
+``--epochs 0 --cache more.pt`` on another folder, in chunks or while something else runs).
 """
 
 from __future__ import annotations
@@ -37,13 +41,14 @@ def _pointer_head(model: ReasonSegModel) -> QueryPointerProjection:
 
 
 @torch.no_grad()
-def collect_pointer_examples(model: ReasonSegModel, dataset: object, passes: int = 1, seed: int = 0,
-                             progress: bool = True) -> list[dict[str, Tensor]]:
+def collect_pointer_examples(model: ReasonSegModel, datasets: object | Sequence[object], passes: int = 1,
+                             seed: int = 0, progress: bool = True) -> list[dict[str, Tensor]]:
     """One example per answer with [SEG]s: ``states`` [n, H], ``queries`` [Q, C], ``evidence`` [Q, E],
     ``ious`` [n, Q] (query masks vs the answer's n targets), ``sets`` [n] (>= 0: an unordered set).
 
-    ``dataset`` is a :class:`~llm_bridge.data.reason_seg.ReasonSegDataset` (any dataset with ``images`` and
-    ``sample_image(path, rng)``); every image is sampled ``passes`` times, deterministically from ``seed``.
+    ``datasets``: a :class:`~llm_bridge.data.reason_seg.ReasonSegDataset` (any dataset with ``images`` and
+    ``sample_image(path, rng)``) or several, whose images are taken in turn; every image is sampled ``passes``
+    times, deterministically from ``seed``.
     """
     from tqdm import tqdm
 
@@ -52,9 +57,10 @@ def collect_pointer_examples(model: ReasonSegModel, dataset: object, passes: int
     _pointer_head(model)
     model.eval()
     collator = BridgeCollator.for_model(model)
-    jobs = [(p, path) for p in range(passes) for path in dataset.images]
+    datasets = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
+    jobs = [(p, dataset, path) for p in range(passes) for dataset in datasets for path in dataset.images]
     examples: list[dict[str, Tensor]] = []
-    for i, (p, path) in enumerate(tqdm(jobs, desc="caching [SEG] states", disable=not progress)):
+    for i, (p, dataset, path) in enumerate(tqdm(jobs, desc="caching [SEG] states", disable=not progress)):
         sample = dataset.sample_image(path, np.random.default_rng([seed, p, i]))
         batch = collator([sample])
         visual = model.encode_images(batch["pixel_values"])
@@ -163,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bridge", required=True, help="bridge folder with a query_pointer head (ReasonSegModel."
                    "save_pretrained, e.g. llm_bridge.train's <output-dir>/bridge)")
     p.add_argument("--output-dir", required=True, help="where the refitted bridge is written")
-    p.add_argument("--reason-seg-data", required=True, help="'<ReasonSeg folder>|<split>' with labelme group ids "
-                   "(one [SEG] per answer object)")
+    p.add_argument("--reason-seg-data", required=True, nargs="+", help="one or more '<ReasonSeg folder>|<split>' "
+                   "with labelme group ids (one [SEG] per answer object); every image of each is cached")
     p.add_argument("--val-data", help="'<folder>|<split>' to report pick accuracy on after each epoch")
     p.add_argument("--query-evidence", action="store_true", help="add evidence keys to the head first "
                    "(BridgeConfig.query_evidence)")
@@ -177,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", help="a .pt file: the cached training examples are read from it if it exists, "
                    "else written to it")
+    p.add_argument("--extra-cache", nargs="+", default=[], help="more cached training examples: files written by "
+                   "earlier runs' --cache (e.g. on more images, with --epochs 0)")
     return p
 
 
@@ -185,6 +193,15 @@ def _dataset(spec: str) -> object:
 
     folder, _, split = spec.partition("|")
     return ReasonSegDataset(folder, split or "train", explanatory=-1, instance_masks=True)
+
+
+def _read_cache(head: QueryPointerProjection, path: Path) -> list[dict[str, Tensor]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"cache {path} does not exist (write one with --cache on a run over that data)")
+    examples = torch.load(path, weights_only=True)
+    check_examples(head, examples, str(path))
+    print(f"{len(examples)} cached answers read from {path}", flush=True)
+    return examples
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,13 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     head.requires_grad_(True)
     cache = Path(args.cache) if args.cache else None
     if cache is not None and cache.exists():
-        examples = torch.load(cache, weights_only=True)
-        check_examples(head, examples, str(cache))
-        print(f"{len(examples)} cached answers read from {cache}", flush=True)
+        examples = _read_cache(head, cache)
     else:
-        examples = collect_pointer_examples(model, _dataset(args.reason_seg_data), args.passes, args.seed)
+        datasets = [_dataset(spec) for spec in args.reason_seg_data]
+        examples = collect_pointer_examples(model, datasets, args.passes, args.seed)
         if cache is not None:
             torch.save(examples, cache)
+    for extra in args.extra_cache:
+        examples = examples + _read_cache(head, Path(extra))
     val = collect_pointer_examples(model, _dataset(args.val_data), 1, args.seed + 1) if args.val_data else None
     if val:
         print(f"val pick accuracy before fitting: {pick_accuracy(head, val):.3f}", flush=True)

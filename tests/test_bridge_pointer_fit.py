@@ -49,6 +49,11 @@ def test_collected_examples_are_the_models_own_states_and_ious(model, reason_seg
     assert first["queries"].shape == (model.tower.num_queries, model.tower.hidden_size)
     assert first["evidence"].shape == (model.tower.num_queries, model.tower.evidence_dim)
     assert first["sets"].tolist() == [0] * n  # one answer's objects: an unordered set
+    # several datasets: their images in turn, the first one's examples unchanged
+    both = collect_pointer_examples(model, [dataset, dataset], passes=1, seed=5, progress=False)
+    assert len(both) > len(examples)
+    for got, want in zip(both, examples):
+        torch.testing.assert_close(got["states"], want["states"])
 
 
 def _evidence_examples(seed: int, count: int, hidden: int = 16, queries: int = 8, channels: int = 12,
@@ -81,7 +86,7 @@ def test_fitting_with_evidence_learns_a_rule_that_generalises():
 
 def test_cli_writes_then_reads_the_cache_and_refits(model, reason_seg, tmp_path, capsys):
     model.save_pretrained(tmp_path / "bridge")
-    data = ["--reason-seg-data", f"{reason_seg}|train", "--val-data", f"{reason_seg}|train"]
+    data = ["--reason-seg-data", f"{reason_seg}|train", f"{reason_seg}|train", "--val-data", f"{reason_seg}|train"]
     first = ["--bridge", str(tmp_path / "bridge"), "--output-dir", str(tmp_path / "fit0"), *data,
              "--query-evidence", "--epochs", "1", "--cache", str(tmp_path / "written.pt")]
     assert main(first) == 0
@@ -95,8 +100,10 @@ def test_cli_writes_then_reads_the_cache_and_refits(model, reason_seg, tmp_path,
     args = ["--bridge", str(tmp_path / "bridge"), "--output-dir", str(tmp_path / "fit"), "--reason-seg-data",
             f"{reason_seg}|train", "--query-evidence", "--fresh-head", "--epochs", "3", "--lr", "1e-2",
             "--cache", str(tmp_path / "cache.pt")]
-    assert main(args) == 0
-    assert "64 cached answers read" in capsys.readouterr().out
+    torch.save(cache[:16], tmp_path / "more.pt")
+    assert main(args + ["--extra-cache", str(tmp_path / "more.pt")]) == 0
+    printed = capsys.readouterr().out
+    assert "64 cached answers read" in printed and "16 cached answers read" in printed
     fitted = ReasonSegModel.from_pretrained(tmp_path / "fit")
     head = fitted.seg_projection
     assert fitted.config.query_evidence and float(head.evidence_key.weight.detach().abs().sum()) > 0
@@ -104,6 +111,10 @@ def test_cli_writes_then_reads_the_cache_and_refits(model, reason_seg, tmp_path,
     torch.save(_evidence_examples(0, 4), tmp_path / "other.pt")  # written for another bridge
     with pytest.raises(ValueError, match="another bridge"):
         main(args[:-1] + [str(tmp_path / "other.pt")])
+    with pytest.raises(ValueError, match="another bridge"):
+        main(args + ["--extra-cache", str(tmp_path / "other.pt")])
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        main(args + ["--extra-cache", str(tmp_path / "missing.pt")])
     mlp = tiny_bridge(tiny_llm_dir(), pooled_tokens_per_side=0)
     mlp.save_pretrained(tmp_path / "mlp")
     with pytest.raises(ValueError, match="query_pointer"):
