@@ -116,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-dets", type=int, help="LVIS: detections per image (300); TETA: per image cap")
     p.add_argument("--no-preprocess", action="store_true",
                    help="MOT: skip MOTChallenge distractor/class preprocessing")
+    p.add_argument("--bootstrap", type=int, metavar="N",
+                   help="reasonseg: also 95%% bootstrap intervals of gIoU and cIoU from N resamples (e.g. 2000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     run = p.add_argument_group("running a model (--task)")
     run.add_argument("--weights", help="what `glee predict --weights` takes: a save_pretrained folder (e.g. "
@@ -142,6 +144,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         opts["max_dets"] = args.max_dets
     if args.metric == "mot":
         opts["preprocess"] = not args.no_preprocess
+    if args.bootstrap:
+        if args.metric != "reasonseg":
+            raise ValueError("--bootstrap applies to --metric reasonseg")
+        opts["bootstrap"] = args.bootstrap
     return opts
 
 
@@ -151,7 +157,7 @@ def _check_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         needed, foreign = ("gt", "pred"), ("weights", "preset", "images", "short_side", "max_size", "top_k",
                                             "threads")
     else:
-        needed, foreign = ("weights", "gt", "images"), ("pred",)
+        needed, foreign = ("weights", "gt", "images"), ("pred", "bootstrap")
     missing = [f"--{n.replace('_', '-')}" for n in needed if getattr(args, n) is None]
     if missing:
         mode = f"--metric {args.metric}" if args.metric else f"--task {args.task}"

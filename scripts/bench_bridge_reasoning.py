@@ -48,6 +48,7 @@ from llm_bridge.data.conversation import (  # noqa: E402
 from llm_bridge.data.reason_seg import load_mask, read_annotation  # noqa: E402
 
 MODES = ("generate", "forced")
+BOOTSTRAP_RESAMPLES = 2000
 FORCED_ANSWER = "[SEG]."  # LISA's ValDataset answer
 
 
@@ -85,8 +86,8 @@ def forced_mask(chat: BridgeChat, image: np.ndarray, prompt: str) -> np.ndarray:
 
 
 def score(gt: dict[str, np.ndarray], pred: dict[str, np.ndarray], templates: dict[str, str]) -> dict[str, Any]:
-    """Overall and per-template gIoU / cIoU via eval's ReasonSeg metric."""
-    overall = evaluate_predictions("reasonseg", gt, pred)
+    """Overall (with 95% bootstrap intervals) and per-template gIoU / cIoU via eval's ReasonSeg metric."""
+    overall = evaluate_predictions("reasonseg", gt, pred, bootstrap=BOOTSTRAP_RESAMPLES)
     groups: dict[str, list[str]] = defaultdict(list)
     for key, template in templates.items():
         groups[template].append(key)
@@ -156,6 +157,12 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def _fmt_interval(src: dict[str, Any], name: str) -> str:
+    """``0.525 [0.45, 0.60]``: the value and its 95% bootstrap interval, when the metric has one."""
+    low, high = src.get(f"{name}_ci95_low"), src.get(f"{name}_ci95_high")
+    return _fmt(src[name]) + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
+
+
 def format_table(report: dict[str, Any]) -> str:
     modes = list(report["modes"])
     lines = [
@@ -167,6 +174,7 @@ def format_table(report: dict[str, Any]) -> str:
         r = report["modes"][mode]
         extra = f", [SEG] emitted in {r['seg_rate']:.0%} of answers" if "seg_rate" in r else ""
         lines.append(f"{mode}: {r['seconds_per_item']:.2f} s/item{extra}")
+    lines.append("(ALL: value [95% bootstrap interval over items])")
     head = "| template | n | " + " | ".join(f"gIoU {m} | cIoU {m}" for m in modes) + " |"
     lines += [head, "|" + "---|" * (2 + 2 * len(modes))]
     first = report["modes"][modes[0]]
@@ -176,7 +184,7 @@ def format_table(report: dict[str, Any]) -> str:
         for mode in modes:
             r = report["modes"][mode]
             src = r["overall"] if template == "ALL" else r["per_template"][template]
-            cells += [_fmt(src["gIoU"]), _fmt(src["cIoU"])]
+            cells += [_fmt_interval(src, "gIoU"), _fmt_interval(src, "cIoU")]
         lines.append(f"| {template} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

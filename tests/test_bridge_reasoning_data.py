@@ -233,12 +233,15 @@ def test_bench_script_end_to_end_on_a_tiny_bridge(reasoning, tmp_path, capsys):
         assert bench.main([str(tmp_path / "bridge"), "--data", str(reasoning), "--split", "heldout", "--limit", "2",
                            "--threads", "1", "--max-new-tokens", "4", "--json", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "machine: " in table and "| ALL | 2 |" in table
+    assert "machine: " in table and "| ALL | 2 |" in table and "95% bootstrap interval" in table
+    all_row = next(line for line in table.splitlines() if line.startswith("| ALL |"))
+    assert all_row.count("[") == 4  # gIoU and cIoU of both modes carry their intervals
     report = json.loads(out.read_text())
     assert report["num_items"] == 2 and set(report["modes"]) == {"generate", "forced"}
     for mode in ("generate", "forced"):
         overall = report["modes"][mode]["overall"]
         assert 0.0 <= overall["gIoU"] <= 1.0 and 0.0 <= overall["cIoU"] <= 1.0
+        assert overall["gIoU_ci95_low"] <= overall["gIoU"] <= overall["gIoU_ci95_high"]
         assert sum(v["n"] for v in report["modes"][mode]["per_template"].values()) == 2
     assert all(isinstance(r["answer"], str) and r["prompt"].endswith("Please output segmentation mask.")
                for r in report["items"])

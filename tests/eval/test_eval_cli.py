@@ -111,6 +111,22 @@ def test_every_metric_runs_from_files(metric, tmp_path):
     assert json.loads(out.read_text())["results"][key] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_cli_bootstrap_intervals_for_reasonseg(tmp_path, capsys):
+    np.savez(tmp_path / "gt.npz", a=np.array([[1, 0]], np.uint8), b=np.array([[1, 1]], np.uint8))
+    np.savez(tmp_path / "pred.npz", a=np.array([[1, 1]], np.uint8), b=np.array([[1, 1]], np.uint8))
+    files = ["--gt", str(tmp_path / "gt.npz"), "--pred", str(tmp_path / "pred.npz"), "--quiet"]
+    assert main(["--metric", "reasonseg", *files, "--bootstrap", "200", "--out", str(tmp_path / "m.json")]) == 0
+    results = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert results["gIoU_ci95_low"] == pytest.approx(0.5, abs=1e-4)  # samples with IoU 0.5 and 1
+    assert results["gIoU_ci95_high"] == pytest.approx(1.0, abs=1e-4)
+    assert "gIoU_ci95_low" in capsys.readouterr().out
+    assert main(["--metric", "coco-bbox", *files, "--bootstrap", "200"]) == 1
+    assert "--bootstrap applies to --metric reasonseg" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # running a model: scoring options only
+        main(["--task", "coco", "--weights", "w", "--gt", "g", "--images", "i", "--bootstrap", "5"])
+    assert "--bootstrap only applies to scoring" in capsys.readouterr().err
+
+
 def test_format_table():
     text = format_table({"AP": 0.51234, "n": 3, "APs": None})
     assert text.splitlines()[2:] == ["AP      0.5123", "n       3", "APs     n/a"]

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from eval.reasonseg import evaluate_reasonseg, giou_ciou, intersection_union
+from eval.reasonseg import bootstrap_intervals, evaluate_reasonseg, giou_ciou, intersection_union
 
 
 def _cases():
@@ -50,6 +50,35 @@ def test_empty_predictions_and_empty_ground_truth():
     assert r["cIoU"] == 0.0
     assert evaluate_reasonseg({}, {}) == {"gIoU": None, "cIoU": None, "num_samples": 0, "num_missing": 0}
     assert giou_ciou(np.zeros(0), np.zeros(0)) == (None, None)
+
+
+def test_bootstrap_intervals_match_the_binomial_spread():
+    # per-sample IoU 1 or 0, half each: gIoU's interval is the binomial one, 0.5 +- 1.96 * sqrt(0.25 / n)
+    for n in (100, 400):
+        inters, unions = np.tile([4.0, 0.0], n // 2), np.full(n, 4.0)
+        ci = bootstrap_intervals(inters, unions, resamples=4000)
+        for name in ("gIoU", "cIoU"):  # cIoU = sum I / sum U is the same share here
+            low, high = ci[name]
+            assert low < 0.5 < high
+            assert (high - low) / 2 == pytest.approx(1.96 * (0.25 / n) ** 0.5, rel=0.15)
+    assert bootstrap_intervals(inters, unions, seed=3) == bootstrap_intervals(inters, unions, seed=3)
+    assert bootstrap_intervals(inters, unions, seed=3) != bootstrap_intervals(inters, unions, seed=4)
+    same = bootstrap_intervals(np.full(10, 2.0), np.full(10, 4.0), resamples=50)  # no spread between samples
+    assert same["gIoU"] == pytest.approx((0.5, 0.5), abs=1e-5) and same["cIoU"] == pytest.approx((0.5, 0.5))
+    assert bootstrap_intervals(np.zeros(0), np.zeros(0)) == {"gIoU": None, "cIoU": None}
+    with pytest.raises(ValueError, match="resamples >= 1"):
+        bootstrap_intervals(inters, unions, resamples=0)
+
+
+def test_evaluate_reasonseg_with_bootstrap_intervals():
+    gt, pr = _cases()
+    plain = evaluate_reasonseg(gt, pr)
+    r = evaluate_reasonseg(gt, pr, bootstrap=500)
+    assert {k: r[k] for k in plain} == plain
+    assert r["gIoU_ci95_low"] <= r["gIoU"] <= r["gIoU_ci95_high"]
+    assert r["cIoU_ci95_low"] <= r["cIoU"] <= r["cIoU_ci95_high"] and r["cIoU_ci95_low"] < r["cIoU_ci95_high"]
+    empty = evaluate_reasonseg({}, {}, bootstrap=10)
+    assert empty["gIoU_ci95_low"] is None and empty["cIoU_ci95_high"] is None
 
 
 def test_logits_are_binarised_at_zero():
