@@ -41,13 +41,22 @@ def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     return inter, int(np.count_nonzero(p)) + int(np.count_nonzero(g)) - inter
 
 
+def _sample_ious(inters: np.ndarray, unions: np.ndarray) -> np.ndarray:
+    """LISA's per-sample IoU: I / (U + 1e-5), plus 1 where U == 0."""
+    return inters / (unions + SAMPLE_EPS) + (unions == 0)
+
+
+def _ciou(inter_sum: np.ndarray | float, union_sum: np.ndarray | float) -> np.ndarray | float:
+    """LISA's cIoU from summed intersections and unions (elementwise for arrays of sums)."""
+    return inter_sum / (union_sum + TOTAL_EPS)
+
+
 def giou_ciou(inters: np.ndarray, unions: np.ndarray) -> tuple[float | None, float | None]:
     """LISA's gIoU and cIoU from per-sample foreground intersections and unions ``[N]``."""
     inters, unions = np.asarray(inters, float), np.asarray(unions, float)
     if inters.size == 0:
         return None, None
-    per_sample = inters / (unions + SAMPLE_EPS) + (unions == 0)
-    return float(per_sample.mean()), float(inters.sum() / (unions.sum() + TOTAL_EPS))
+    return float(_sample_ious(inters, unions).mean()), float(_ciou(inters.sum(), unions.sum()))
 
 
 def bootstrap_intervals(inters: np.ndarray, unions: np.ndarray, resamples: int = 2000, level: float = 0.95,
@@ -59,13 +68,13 @@ def bootstrap_intervals(inters: np.ndarray, unions: np.ndarray, resamples: int =
     inters, unions = np.asarray(inters, float), np.asarray(unions, float)
     if inters.size == 0:
         return {"gIoU": None, "cIoU": None}
-    per_sample = inters / (unions + SAMPLE_EPS) + (unions == 0)
+    per_sample = _sample_ious(inters, unions)
     rng = np.random.default_rng(seed)
     giou, ciou = [], []
     for start in range(0, resamples, 256):  # bounded memory for large splits
         index = rng.integers(0, inters.size, (min(256, resamples - start), inters.size))
         giou.append(per_sample[index].mean(1))
-        ciou.append(inters[index].sum(1) / (unions[index].sum(1) + TOTAL_EPS))
+        ciou.append(_ciou(inters[index].sum(1), unions[index].sum(1)))
     tails = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     return {name: tuple(float(v) for v in np.percentile(np.concatenate(values), tails))
             for name, values in (("gIoU", giou), ("cIoU", ciou))}
