@@ -113,7 +113,8 @@ def pointer_costs(log_weights: Tensor, ious: Tensor, min_iou: float = 0.5,
 
     GLEE often has several near-duplicate queries of one object: all queries within ``margin`` IoU of the best
     count as right.  A target that no query covers with IoU >= ``min_iou`` (GLEE missed the object) is not
-    counted (its column is 0).
+    counted (its column is 0); queries with log-attention -inf in every row (a head that points among candidate
+    queries only) do not cover anything.
 
     Args:
         log_weights: [n, Q] log-attention of each [SEG] (log-softmax over the queries).
@@ -121,6 +122,9 @@ def pointer_costs(log_weights: Tensor, ious: Tensor, min_iou: float = 0.5,
     Returns:
         cost [n, t] and counted [t] (bool).
     """
+    # a head that points among some queries only (-inf elsewhere) can reach a target only through those
+    if log_weights.shape[0]:
+        ious = ious * torch.isfinite(log_weights).any(0).to(ious.dtype)
     best = ious.max(-1, keepdim=True).values  # [t, 1]
     counted = best[:, 0] >= min_iou
     right = ious >= (best - margin).clamp(min=min_iou)  # [t, Q]

@@ -92,12 +92,23 @@ class BridgeConfig:
     # prompt_categories, confidence, box), "which query is the yellow star, how big is it", instead of decoding
     # them from the query embedding
     query_evidence: bool = False
+    # names GLEE's class head reads each query against for the evidence instead of prompt_categories (e.g. the
+    # single words of a compositional vocabulary; see GleeFeatureExtractor); None: the prompt
+    evidence_categories: list[str] | None = None
+    # query_pointer head only, > 0: the set-aware head (ObjectSetPointerProjection): it points among GLEE's distinct
+    # confident queries only, and its keys pass through this many transformer layers over those objects
+    pointer_context_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.glee is None:
             self.glee = GleeConfig.preset("lite").to_dict()
         if self.seg_head not in SEG_HEADS:
             raise ValueError(f"unknown seg_head {self.seg_head!r}; use one of {SEG_HEADS}")
+        if self.pointer_context_layers < 0:
+            raise ValueError(f"pointer_context_layers must be >= 0, got {self.pointer_context_layers}")
+        if self.pointer_context_layers and not (self.seg_head == "query_pointer" and self.query_evidence):
+            raise ValueError("pointer_context_layers needs seg_head='query_pointer' with query_evidence=True (the "
+                             "set-aware head picks its candidate objects by GLEE's confidence and boxes)")
 
     @property
     def glee_config(self) -> GleeConfig:
@@ -118,6 +129,16 @@ class BridgeConfig:
         if unknown:
             raise ValueError(f"unknown BridgeConfig fields {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+def build_pointer_head(config: BridgeConfig, hidden: int, tower: GleeFeatureExtractor) -> nn.Module:
+    """The [SEG] head ``config`` names: LISA's MLP, the query pointer, or its set-aware form."""
+    if config.seg_head != "query_pointer":
+        return build_seg_projection(hidden, tower.mask_dim)
+    evidence = tower.evidence_dim if config.query_evidence else 0
+    if config.pointer_context_layers:
+        return ObjectSetPointerProjection(hidden, tower.hidden_size, evidence, config.pointer_context_layers)
+    return QueryPointerProjection(hidden, tower.hidden_size, evidence_dim=evidence)
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -168,6 +189,11 @@ class QueryPointerProjection(nn.Module):
             self.add_evidence(evidence_dim)
         self.scale = key_dim**-0.5
 
+    @property
+    def evidence_dim(self) -> int:
+        """E: width of the evidence the head reads (0: none)."""
+        return self.evidence_key.in_features if self.evidence_key is not None else 0
+
     def add_evidence(self, evidence_dim: int) -> None:
         key = self.key
         self.evidence_key = nn.Linear(evidence_dim, key.out_features, bias=False, device=key.weight.device,
@@ -206,6 +232,97 @@ class QueryPointerProjection(nn.Module):
         return torch.log_softmax(torch.einsum("nd,nqd->nq", q, k).float() * self.scale, dim=-1)
 
 
+def box_iou_cxcywh(boxes: Tensor) -> Tensor:
+    """[..., Q, 4] boxes (cx, cy, w, h) -> [..., Q, Q] pairwise IoU."""
+    lo, hi = boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2
+    size = (torch.minimum(hi[..., :, None, :], hi[..., None, :, :])
+            - torch.maximum(lo[..., :, None, :], lo[..., None, :, :])).clamp(min=0)
+    inter = size[..., 0] * size[..., 1]
+    area = (hi - lo).prod(-1)
+    return inter / (area[..., :, None] + area[..., None, :] - inter).clamp(min=1e-9)
+
+
+def distinct_candidates(scores: Tensor, boxes: Tensor, min_score: float = 0.1, max_overlap: float = 0.7) -> Tensor:
+    """GLEE's distinct confident queries: greedy NMS by confidence over the boxes, as GLEE's own post-processing.
+
+    Args:
+        scores: [..., Q] confidence (sigmoid); boxes: [..., Q, 4] (cx, cy, w, h).
+    Returns:
+        [..., Q] bool: the queries with ``scores >= min_score`` that overlap no more confident kept query by more
+        than ``max_overlap`` box IoU; the most confident query is always kept, so no row is empty.
+    """
+    overlap = box_iou_cxcywh(boxes.float()) > max_overlap  # [..., Q, Q]
+    order = scores.float().argsort(dim=-1, descending=True)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for rank in range(scores.shape[-1]):
+        i = order[..., rank:rank + 1]  # [..., 1]
+        clash = (overlap.gather(-2, i[..., None].expand(*i.shape, overlap.shape[-1])).squeeze(-2) & keep).any(-1)
+        ok = (scores.gather(-1, i).squeeze(-1) >= min_score) & ~clash
+        keep.scatter_(-1, i, (ok | (rank == 0))[..., None])
+    return keep
+
+
+def box_geometry(evidence: Tensor) -> Tensor:
+    """[..., E] evidence (..., confidence, cx, cy, w, h) -> [..., 6] what a ranking by size and position reads
+    more easily than raw boxes: log confidence, squared offsets from the centre, area, log area, confident."""
+    conf, box = evidence[..., -5:-4], evidence[..., -4:]
+    off = (box[..., :2] - 0.5) ** 2
+    area = box[..., 2:3] * box[..., 3:4]
+    return torch.cat([conf.clamp(min=1e-4).log() / 4, off * 4, area * 4, area.clamp(min=1e-4).log() / 4,
+                      (conf > 0.15).to(evidence.dtype)], -1)
+
+
+class ObjectSetPointerProjection(QueryPointerProjection):
+    """A set-aware :class:`QueryPointerProjection` (``BridgeConfig.pointer_context_layers`` > 0).
+
+    Two changes make questions about the whole scene answerable ("the only object of its colour", "the same
+    shape as the red one", "the leftmost"), which a key per query alone cannot rank:
+
+    * candidates: the [SEG] points among GLEE's distinct confident queries only (:func:`distinct_candidates`),
+      not among duplicates and empty queries (the others get zero attention);
+    * context: each candidate's key (its query embedding plus an MLP on its evidence and :func:`box_geometry`)
+      passes through ``context_layers`` pre-norm transformer layers over the image's candidates, with the
+      [SEG] state as one more token, so a key can depend on the other objects and on the question.
+
+    Without positional encodings the head is equivariant to the order of the queries.
+    """
+
+    def __init__(self, hidden: int, query_dim: int, evidence_dim: int, context_layers: int = 2, key_dim: int = 64,
+                 heads: int = 4, dropout: float = 0.1, min_score: float = 0.1, max_overlap: float = 0.7) -> None:
+        if evidence_dim < 5 or context_layers < 1:
+            raise ValueError("the set-aware pointer needs evidence (confidence and box) and >= 1 context layer")
+        super().__init__(hidden, query_dim, key_dim)
+        self.evidence_mlp = nn.Sequential(nn.Linear(evidence_dim + 6, 128), nn.GELU(), nn.Linear(128, key_dim))
+        self.condition = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, key_dim))
+        layer = nn.TransformerEncoderLayer(key_dim, heads, 2 * key_dim, dropout=dropout, batch_first=True,
+                                           norm_first=True)
+        self.context = nn.TransformerEncoder(layer, context_layers, enable_nested_tensor=False)
+        self.context_norm = nn.LayerNorm(key_dim)
+        self.min_score, self.max_overlap = float(min_score), float(max_overlap)
+
+    @property
+    def evidence_dim(self) -> int:
+        return self.evidence_mlp[0].in_features - 6
+
+    def add_evidence(self, evidence_dim: int) -> None:
+        raise ValueError("the set-aware pointer is built with its evidence")
+
+    def log_weights(self, states: Tensor, queries: Tensor, evidence: Tensor | None = None) -> Tensor:
+        """[n, H], [n, Q, C], [n, Q, E] -> [n, Q] log-attention; -inf on the queries that are not candidates."""
+        if evidence is None:
+            raise ValueError("the set-aware query_pointer head reads GLEE's query evidence; pass VisualFeatures with "
+                             "query_evidence (GleeFeatureExtractor computes it)")
+        q = self.query(states)
+        evidence = evidence.to(q.dtype)
+        keep = distinct_candidates(evidence[..., -5], evidence[..., -4:], self.min_score, self.max_overlap)
+        k = self.key(queries.to(q.dtype)) + self.evidence_mlp(torch.cat([evidence, box_geometry(evidence)], -1))
+        tokens = torch.cat([self.condition(states)[:, None], k], 1)
+        padding = torch.cat([torch.zeros_like(keep[:, :1]), ~keep], 1)
+        k = self.context_norm(self.context(tokens, src_key_padding_mask=padding))[:, 1:]
+        logits = torch.einsum("nd,nqd->nq", q, k).float() * self.scale
+        return torch.log_softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+
+
 def distinct_picks(log_weights: Tensor, groups: Tensor | None = None) -> Tensor:
     """[n, Q] log-attention -> [n] the query each [SEG] takes: its best, or within a group (one answer's
     [SEG]s) the distinct queries with the highest summed log-attention (``scipy.optimize.linear_sum_assignment``)."""
@@ -218,7 +335,7 @@ def distinct_picks(log_weights: Tensor, groups: Tensor | None = None) -> Tensor:
         rows = (groups == group).nonzero().flatten()
         if rows.numel() < 2 or rows.numel() > log_weights.shape[-1] or picks[rows].unique().numel() == rows.numel():
             continue
-        block = log_weights[rows].detach().float().cpu().numpy()
+        block = log_weights[rows].detach().float().clamp(min=-1e4).cpu().numpy()  # -inf: not a candidate
         order, cols = linear_sum_assignment(block, maximize=True)
         picks[rows[torch.as_tensor(order)]] = torch.as_tensor(cols, device=picks.device)
     return picks
@@ -270,11 +387,8 @@ class ReasonSegModel(nn.Module):
         hidden = int(embed.weight.shape[1])
         dtype = embed.weight.dtype if embed.weight.is_floating_point() else torch.float32
         self.hidden_size = hidden
-        evidence = tower.evidence_dim if config.query_evidence else 0
         self.mm_projector = build_projector(config.projector_type, tower.hidden_size, hidden).to(dtype)
-        self.seg_projection = (QueryPointerProjection(hidden, tower.hidden_size, evidence_dim=evidence)
-                               if config.seg_head == "query_pointer"
-                               else build_seg_projection(hidden, tower.mask_dim)).to(dtype)
+        self.seg_projection = build_pointer_head(config, hidden, tower).to(dtype)
         self.seg_token_id = _single_token_id(tokenizer, config.seg_token)
         self.image_token_id = _single_token_id(tokenizer, config.image_token)
         self.image_processor = GleeImageProcessor.for_size(
@@ -485,6 +599,15 @@ class ReasonSegModel(nn.Module):
         head.evidence_key.requires_grad_(head.key.weight.requires_grad)
         self.config.query_evidence = True
 
+    def set_evidence_categories(self, names: Sequence[str] | None) -> None:
+        """Read GLEE's evidence against ``names`` (None: the prompt) from now on (``config.evidence_categories``).
+
+        The evidence width becomes ``len(names) + 5``: a head that reads evidence must be refitted (e.g. a fresh
+        one from ``llm_bridge.pointer_fit``)."""
+        tower = self._active_tower()
+        tower.set_evidence_categories(names)
+        self.config.evidence_categories = tower.evidence_categories
+
     def _context_message(self, length: int, has_image: bool) -> str:
         visual = f" including {self.num_visual_tokens} visual tokens" if has_image else ""
         return (f"the prompt is {length} tokens{visual}, but the context holds {self.max_context} "
@@ -595,7 +718,8 @@ class ReasonSegModel(nn.Module):
         log_weights = head.log_weights(flat, queries, evidence)  # [n, Q]
         rows = [int(r) for r in (image_rows.tolist() if isinstance(image_rows, Tensor) else image_rows)]
         image = torch.tensor([r for r, n in zip(rows, sizes) for _ in range(n)], dtype=torch.long)
-        total, count, matched = log_weights.sum() * 0.0, 0, []
+        # zero, but tied to the graph (uniform gradient bookkeeping); -inf weights (not candidates) would give nan
+        total, count, matched = log_weights.nan_to_num(neginf=0.0).sum() * 0.0, 0, []
         for i, gt in enumerate(gt_masks):
             if gt.shape[0] == 0:
                 matched.append(gt)
@@ -971,6 +1095,6 @@ def build_bridge(
         config = dataclasses.replace(config, glee=glee_model.cfg.to_dict())
     add_bridge_tokens(language_model, tokenizer, config.seg_token, config.image_token)
     tower = GleeFeatureExtractor(glee_model, config.pooled_tokens_per_side, config.prompt_categories,
-                                 freeze=config.freeze_tower)
+                                 freeze=config.freeze_tower, evidence_categories=config.evidence_categories)
     model = ReasonSegModel(config, language_model, tokenizer, tower)
     return model.eval()

@@ -12,6 +12,12 @@ unordered matching of an answer's objects) as the full training; a full-model st
 and backward, so the head sees far more images per CPU-hour here.  ``--query-evidence`` first gives the head
 keys on GLEE's own per-query predictions (``BridgeConfig.query_evidence``).
 
+``--context-layers N`` fits a fresh set-aware head instead (``ObjectSetPointerProjection``: it points among
+GLEE's distinct confident queries, and its keys see each other through N transformer layers, for questions about
+the whole scene such as "the only object of its colour"); ``--evidence-categories`` makes GLEE read each query
+against other names than its prompt, e.g. the single words of a compositional vocabulary (the shipped
+``bridge_nano``: ``--context-layers 2 --evidence-categories <its 16 colour and shape words> --schedule onecycle``).
+
 Caching an image costs one teacher-forced forward, so the head can also learn from images the LM never trained
 on: ``--reason-seg-data`` takes several folders, and ``--extra-cache`` adds caches written by earlier runs (e.g.
 ``--epochs 0 --cache more.pt`` on another folder, in chunks or while something else runs).
@@ -29,7 +35,7 @@ import torch
 from torch import Tensor
 
 from llm_bridge.losses import matched_pointer_loss
-from llm_bridge.model import QueryPointerProjection, ReasonSegModel, distinct_picks
+from llm_bridge.model import QueryPointerProjection, ReasonSegModel, build_pointer_head, distinct_picks
 
 
 def _pointer_head(model: ReasonSegModel) -> QueryPointerProjection:
@@ -87,8 +93,8 @@ def collect_pointer_examples(model: ReasonSegModel, datasets: object | Sequence[
 def check_examples(head: QueryPointerProjection, examples: Sequence[dict[str, Tensor]], source: str) -> None:
     """A clear error when cached examples do not fit ``head`` (e.g. a cache written for another bridge)."""
     widths = {"states": head.query[0].in_features, "queries": head.key.in_features}
-    if head.evidence_key is not None:
-        widths["evidence"] = head.evidence_key.in_features
+    if head.evidence_dim:
+        widths["evidence"] = head.evidence_dim
     first = examples[0] if examples else {}
     for key, width in widths.items():
         got = int(first[key].shape[-1]) if key in first else None
@@ -98,12 +104,15 @@ def check_examples(head: QueryPointerProjection, examples: Sequence[dict[str, Te
                              "another --cache")
 
 
-def _log_weights(head: QueryPointerProjection, example: dict[str, Tensor]) -> Tensor:
-    n = example["states"].shape[0]
-    evidence = example["evidence"].expand(n, -1, -1) if head.evidence_key is not None else None
+def _log_weights(head: QueryPointerProjection, examples: Sequence[dict[str, Tensor]]) -> Tensor:
+    """The head's log-attention for all [SEG]s of ``examples`` in one call: [sum of n, Q]."""
     dtype = head.key.weight.dtype
-    return head.log_weights(example["states"].to(dtype), example["queries"].to(dtype).expand(n, -1, -1),
-                            None if evidence is None else evidence.to(dtype))
+
+    def per_seg(key: str) -> Tensor:
+        return torch.cat([ex[key].to(dtype).expand(ex["states"].shape[0], -1, -1) for ex in examples])
+
+    states = torch.cat([ex["states"].to(dtype) for ex in examples])
+    return head.log_weights(states, per_seg("queries"), per_seg("evidence") if head.evidence_dim else None)
 
 
 @torch.no_grad()
@@ -112,7 +121,7 @@ def pick_accuracy(head: QueryPointerProjection, examples: Sequence[dict[str, Ten
     """Share of targets that one of their answer's (distinct, eval-mode) picks covers with IoU >= ``min_iou``."""
     covered = total = 0
     for ex in examples:
-        picks = distinct_picks(_log_weights(head, ex), torch.zeros(ex["states"].shape[0], dtype=torch.long))
+        picks = distinct_picks(_log_weights(head, [ex]), torch.zeros(ex["states"].shape[0], dtype=torch.long))
         hit = ex["ious"][:, picks] >= min_iou  # [targets, picks]
         covered += int(hit.any(1).sum())
         total += int(hit.shape[0])
@@ -122,17 +131,24 @@ def pick_accuracy(head: QueryPointerProjection, examples: Sequence[dict[str, Ten
 def fit_pointer_head(head: QueryPointerProjection, examples: Sequence[dict[str, Tensor]], epochs: int = 20,
                      lr: float = 1e-3, weight_decay: float = 1e-2, batch_size: int = 16, seed: int = 0,
                      val_examples: Sequence[dict[str, Tensor]] | None = None,
-                     log: Callable[[str], object] = print) -> list[dict[str, float]]:
+                     log: Callable[[str], object] = print, schedule: str = "constant") -> list[dict[str, float]]:
     """Train ``head`` with the pointer loss on cached examples (AdamW, shuffled mini-batches of answers).
 
+    ``schedule``: ``constant`` learning rate, or ``onecycle`` (warm-up over the first 10% of the steps, then
+    cosine decay; what the set-aware head was fitted with).
     Returns one record per epoch: mean loss, and pick accuracy on ``val_examples`` when given.
     """
     if not examples:
         raise ValueError("no cached [SEG] examples to fit on: the data gave no answer with a [SEG]")
+    if schedule not in ("constant", "onecycle"):
+        raise ValueError(f"unknown schedule {schedule!r}; use constant or onecycle")
     params = [p for p in head.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the pointer head has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = (len(examples) + batch_size - 1) // batch_size
+    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=max(epochs * steps_per_epoch, 1),
+                                                     pct_start=0.1) if schedule == "onecycle" else None)
     generator = torch.Generator().manual_seed(seed)
     history = []
     head.train()
@@ -140,17 +156,20 @@ def fit_pointer_head(head: QueryPointerProjection, examples: Sequence[dict[str, 
         order = torch.randperm(len(examples), generator=generator).tolist()
         running, steps = 0.0, 0
         for start in range(0, len(order), batch_size):
-            total, count = None, 0
-            for k in order[start:start + batch_size]:
-                loss, n, _ = matched_pointer_loss(_log_weights(head, examples[k]), examples[k]["ious"],
-                                                  examples[k]["sets"])
-                total, count = (loss if total is None else total + loss), count + n
-            if not count:
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            (total / count).backward()
-            optimizer.step()
-            running, steps = running + float(total.detach()) / count, steps + 1
+            batch = [examples[k] for k in order[start:start + batch_size]]
+            log_weights = _log_weights(head, batch)  # one call for the whole batch: [all its [SEG]s, Q]
+            total, count, row = log_weights.new_zeros(()), 0, 0
+            for ex in batch:
+                n = ex["states"].shape[0]
+                loss, counted, _ = matched_pointer_loss(log_weights[row:row + n], ex["ious"], ex["sets"])
+                total, count, row = total + loss, count + counted, row + n
+            if count:
+                optimizer.zero_grad(set_to_none=True)
+                (total / count).backward()
+                optimizer.step()
+                running, steps = running + float(total.detach()) / count, steps + 1
+            if scheduler is not None:
+                scheduler.step()
         record = {"epoch": epoch + 1, "loss": running / max(steps, 1)}
         if val_examples:
             head.eval()
@@ -175,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-evidence", action="store_true", help="add evidence keys to the head first "
                    "(BridgeConfig.query_evidence)")
     p.add_argument("--fresh-head", action="store_true", help="re-initialise the head instead of refining it")
+    p.add_argument("--context-layers", type=int, default=0, help="> 0: a fresh set-aware head (BridgeConfig."
+                   "pointer_context_layers; turns on --query-evidence): it points among GLEE's distinct confident "
+                   "queries, its keys pass through this many transformer layers over them")
+    p.add_argument("--evidence-categories", help="names GLEE's class head reads each query against for the "
+                   "evidence (BridgeConfig.evidence_categories): a comma list, COCO JSON or text file; needs a fresh "
+                   "head (--fresh-head or --context-layers) and a fresh --cache")
+    p.add_argument("--schedule", choices=("constant", "onecycle"), default="constant", help="learning-rate schedule")
     p.add_argument("--passes", type=int, default=1, help="samples (question wordings) per training image")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -208,12 +234,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = ReasonSegModel.from_pretrained(args.bridge)
     head = _pointer_head(model)
-    if args.query_evidence:
-        model.add_query_evidence()
-    if args.fresh_head:
-        head = QueryPointerProjection(model.hidden_size, model._active_tower().hidden_size,
-                                      evidence_dim=head.evidence_key.in_features if head.evidence_key else 0)
+    fresh = args.fresh_head or args.context_layers > 0
+    if args.evidence_categories:
+        if not fresh:
+            raise SystemExit("--evidence-categories changes what the head reads: add --fresh-head or --context-layers")
+        from llm_bridge.train import read_prompt_categories
+
+        model.set_evidence_categories(read_prompt_categories(args.evidence_categories))
+    if fresh:  # a new head of the kind the config names (--context-layers: the set-aware one)
+        if args.query_evidence or args.context_layers:
+            model.config.query_evidence = True
+        if args.context_layers:
+            model.config.pointer_context_layers = args.context_layers
+        head = build_pointer_head(model.config, model.hidden_size, model._active_tower())
         model.seg_projection = head
+    elif args.query_evidence:
+        model.add_query_evidence()
     head.requires_grad_(True)
     cache = Path(args.cache) if args.cache else None
     if cache is not None and cache.exists():
@@ -228,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     val = collect_pointer_examples(model, _dataset(args.val_data), 1, args.seed + 1) if args.val_data else None
     if val:
         print(f"val pick accuracy before fitting: {pick_accuracy(head, val):.3f}", flush=True)
-    fit_pointer_head(head, examples, args.epochs, args.lr, args.weight_decay, args.batch_size, args.seed, val)
+    fit_pointer_head(head, examples, args.epochs, args.lr, args.weight_decay, args.batch_size, args.seed, val,
+                     schedule=args.schedule)
     out = model.save_pretrained(args.output_dir)
     print(f"bridge written to {out}", flush=True)
     return 0

@@ -78,7 +78,8 @@ class VisualFeatures:
     # embeddings = GLEE's mask logits of query q (what a pointer [SEG] projection combines)
     query_mask_embeddings: Tensor | None = None
     # [B, Q, K + 5] what GLEE reads in each query (see ``query_evidence``): sigmoid class probabilities over the K
-    # prompt categories, sigmoid confidence, and the box (cx, cy, w, h) relative to ``input_size``
+    # prompt categories (or the extractor's ``evidence_categories``), sigmoid confidence, and the box (cx, cy, w, h)
+    # relative to ``input_size``
     query_evidence: Tensor | None = None
 
     def select(self, index: Tensor | Sequence[int]) -> VisualFeatures:
@@ -118,6 +119,11 @@ class GleeFeatureExtractor(nn.Module):
     GLEE needs a prompt for every forward; the bridge uses a class-agnostic category prompt (default
     ``["object"]``, the official demo's prompt for visual prompting), so the queries are the generic
     top-scoring objects of the image.  When frozen, the prompt's text embeddings are computed once and cached.
+
+    ``evidence_categories``: names GLEE's class head scores each query against for ``query_evidence`` instead of
+    the prompt (the queries themselves still come from the prompt).  E.g. the single words of a compositional
+    prompt ("white", "star" for "white star"): GLEE then reads the colour and the shape of an object separately,
+    which carries over to colour-shape pairs it never saw, where the closest prompt name is a wrong pair.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class GleeFeatureExtractor(nn.Module):
         pooled_tokens_per_side: int = 0,
         prompt: Sequence[str] = DEFAULT_PROMPT,
         freeze: bool = True,
+        evidence_categories: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         cfg = glee_model.cfg
@@ -143,6 +150,7 @@ class GleeFeatureExtractor(nn.Module):
         self.prompt = list(prompt)
         self.frozen = bool(freeze)
         self._prompt_cache: CategoryEmbeddings | None = None
+        self.set_evidence_categories(evidence_categories)
         if self.frozen:
             self.glee.requires_grad_(False)
             self.glee.eval()
@@ -168,8 +176,8 @@ class GleeFeatureExtractor(nn.Module):
 
     @property
     def evidence_dim(self) -> int:
-        """K + 5: width of ``VisualFeatures.query_evidence`` (K prompt categories)."""
-        return len(self.prompt) + 5
+        """K + 5: width of ``VisualFeatures.query_evidence`` (K prompt or evidence categories)."""
+        return len(self.evidence_categories or self.prompt) + 5
 
     @property
     def num_tokens(self) -> int:
@@ -202,6 +210,22 @@ class GleeFeatureExtractor(nn.Module):
             self._prompt_cache = cache
         return cache
 
+    def set_evidence_categories(self, names: Sequence[str] | None) -> None:
+        """Score the queries' evidence against ``names`` from now on (None: the prompt); see the class docs."""
+        if names is not None and (isinstance(names, str) or not names):
+            raise ValueError(f"evidence_categories must be None or a non-empty list of names, got {names!r}")
+        self.evidence_categories = None if names is None else list(names)
+        self._evidence_cache: Tensor | None = None
+
+    def _evidence_embeddings(self) -> Tensor:
+        """[K, C] class embeddings of ``evidence_categories`` (cached when frozen)."""
+        cache = self._evidence_cache
+        if cache is None or cache.device != self.device or cache.dtype != self.dtype or not self.frozen:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+                cache = self.glee.encode_categories(self.evidence_categories).class_embeddings
+            self._evidence_cache = cache if self.frozen else None
+        return cache
+
     def forward(self, pixel_values: Tensor) -> VisualFeatures:
         """
         Args:
@@ -224,7 +248,10 @@ class GleeFeatureExtractor(nn.Module):
             if g:
                 pooled = F.adaptive_avg_pool2d(pix, (g, g)).flatten(2).transpose(1, 2)  # [B, g*g, mask_dim]
                 tokens = torch.cat([tokens, pooled], dim=1)
-            evidence = query_evidence(out.pred_logits, out.pred_scores, out.pred_boxes)
+            logits = out.pred_logits
+            if self.evidence_categories is not None:  # GLEE's class head on other names: z @ category_embed @ e^T
+                logits = head.decoder_norm(out.query_embeddings) @ head.category_embed @ self._evidence_embeddings().t()
+            evidence = query_evidence(logits, out.pred_scores, out.pred_boxes)
         return VisualFeatures(tokens, pix, out.mask_stride, tuple(out.padded_size), query_masks, evidence)
 
 

@@ -402,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the query_pointer head's keys also read GLEE's per-query class probabilities, confidence "
                         "and box (BridgeConfig.query_evidence); with --resume-bridge a bridge trained without them "
                         "gets a zero evidence key and continues from exactly its outputs")
+    p.add_argument("--pointer-context-layers", type=int, default=0,
+                   help="> 0: the set-aware query_pointer head (BridgeConfig.pointer_context_layers; needs "
+                        "--query-evidence): it points among GLEE's distinct confident queries, its keys pass through "
+                        "this many transformer layers over them")
+    p.add_argument("--evidence-categories", help="names GLEE's class head reads each query against for the evidence "
+                   "instead of the prompt (BridgeConfig.evidence_categories): a comma list, COCO JSON or text file")
     p.add_argument("--model-max-length", type=int, default=512)
     p.add_argument("--dataset-dir", default="./dataset")
     p.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg")
@@ -463,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quantization and args.deepspeed:
         raise SystemExit("4/8-bit (QLoRA) training runs with the plain PyTorch loop; drop --deepspeed")
     torch.manual_seed(args.seed)
+    if args.resume_bridge and (args.pointer_context_layers or args.evidence_categories):
+        raise SystemExit("--pointer-context-layers / --evidence-categories build a new head: give them to a new "
+                         "bridge, or refit a trained bridge's head with python -m llm_bridge.pointer_fit")
     if args.resume_bridge:
         # with --glee: continue on that tower (e.g. a retrained GLEE) instead of the bridge's own
         model = ReasonSegModel.from_pretrained(args.resume_bridge, quantization=quantization, is_trainable=True,
@@ -473,9 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.glee:
             raise SystemExit("--glee is required: a GLEE save_pretrained folder (or a preset name for a smoke run)")
         prompt = {"prompt_categories": read_prompt_categories(args.prompt_categories)} if args.prompt_categories else {}
+        if args.evidence_categories:
+            prompt["evidence_categories"] = read_prompt_categories(args.evidence_categories)
         cfg = BridgeConfig(llm=args.llm, glee=read_glee_config(args.glee).to_dict(), image_size=args.image_size,
                            pooled_tokens_per_side=args.pooled_tokens, model_max_length=args.model_max_length,
-                           seg_head=args.seg_head, query_evidence=args.query_evidence, **prompt)
+                           seg_head=args.seg_head, query_evidence=args.query_evidence,
+                           pointer_context_layers=args.pointer_context_layers, **prompt)
         model = build_bridge(cfg, glee_model=args.glee, quantization=quantization)
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                         target_modules=args.lora_targets.split(","), token_rows=args.token_rows)

@@ -93,6 +93,8 @@ def test_cli_writes_then_reads_the_cache_and_refits(model, reason_seg, tmp_path,
     written = torch.load(tmp_path / "written.pt", weights_only=True)  # plain tensors: safe to load
     assert written and set(written[0]) == {"states", "queries", "evidence", "ious", "sets"}
     assert "val_pick_accuracy" in capsys.readouterr().out
+    widened = ReasonSegModel.from_pretrained(tmp_path / "fit0")  # the trained head, widened by evidence keys
+    assert widened.config.query_evidence and widened.seg_projection.evidence_key is not None
     # a random tiny GLEE covers no target, so fit on a cache of answers whose target queries are known
     tower = model.tower
     cache = _evidence_examples(0, 64, model.hidden_size, tower.num_queries, tower.hidden_size, tower.evidence_dim)

@@ -141,6 +141,20 @@ def test_train_cli_pointer_head_with_instance_masks(tmp_path, data_root, capsys)
     assert widened.config.query_evidence and widened.config.prompt_categories == ["red circle", "blue star"]
     assert widened.seg_projection.evidence_key.in_features == 2 + 5
     assert float(widened.seg_projection.evidence_key.weight.abs().sum()) > 0  # trained from zero
+    # a new bridge with the set-aware head on GLEE's evidence for single words: trained end to end
+    common = ["--image-size", "64", "--dataset-dir", str(data_root), "--dataset", "reason_seg", "--sample-rates", "1",
+              "--reason-seg-instances", "--explanatory", "-1", "--steps", "2", "--batch-size", "1", "--grad-accum",
+              "1", "--warmup-steps", "0", "--precision", "fp32", "--workers", "0"]
+    status = main(["--output-dir", str(tmp_path / "run3"), "--llm", str(tiny_llm_dir()), "--glee", "tiny",
+                   "--seg-head", "query_pointer", "--prompt-categories", str(names), "--query-evidence",
+                   "--pointer-context-layers", "1", "--evidence-categories", "red,blue,circle,star", *common])
+    assert status == 0
+    grouped = ReasonSegModel.from_pretrained(tmp_path / "run3/bridge")
+    assert type(grouped.seg_projection).__name__ == "ObjectSetPointerProjection"
+    assert grouped.config.evidence_categories == ["red", "blue", "circle", "star"] and grouped.tower.evidence_dim == 9
+    with pytest.raises(SystemExit, match="pointer_fit"):
+        main(["--output-dir", str(tmp_path / "run4"), "--resume-bridge", str(tmp_path / "run3/bridge"),
+              "--pointer-context-layers", "1", *common])
     assert read_prompt_categories(" cat, dog ,") == ["cat", "dog"]
     (tmp_path / "names.txt").write_text("cat\n\ndog\n")
     assert read_prompt_categories(str(tmp_path / "names.txt")) == ["cat", "dog"]
