@@ -32,12 +32,12 @@ def box_area(boxes: Tensor) -> Tensor:
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
-    """Pairwise IoU and union of [N, 4] and [M, 4] xyxy boxes -> ([N, M], [N, M])."""
+    """Pairwise IoU and union of [..., N, 4] and [..., M, 4] xyxy boxes -> ([..., N, M], [..., N, M])."""
     area1, area2 = box_area(boxes1), box_area(boxes2)
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    lt = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
-    union = area1[:, None] + area2[None, :] - inter
+    union = area1[..., :, None] + area2[..., None, :] - inter
     return inter / union.clamp(min=1e-12), union
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
+from glee.box_ops import box_cxcywh_to_xyxy, box_iou
 from glee.config import GleeConfig
 from glee.modeling.glee_model import GleeModel
 from llm_bridge.llm import SMOLLM2, load_language_model
@@ -232,16 +233,6 @@ class QueryPointerProjection(nn.Module):
         return torch.log_softmax(torch.einsum("nd,nqd->nq", q, k).float() * self.scale, dim=-1)
 
 
-def box_iou_cxcywh(boxes: Tensor) -> Tensor:
-    """[..., Q, 4] boxes (cx, cy, w, h) -> [..., Q, Q] pairwise IoU."""
-    lo, hi = boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2
-    size = (torch.minimum(hi[..., :, None, :], hi[..., None, :, :])
-            - torch.maximum(lo[..., :, None, :], lo[..., None, :, :])).clamp(min=0)
-    inter = size[..., 0] * size[..., 1]
-    area = (hi - lo).prod(-1)
-    return inter / (area[..., :, None] + area[..., None, :] - inter).clamp(min=1e-9)
-
-
 def distinct_candidates(scores: Tensor, boxes: Tensor, min_score: float = 0.1, max_overlap: float = 0.7) -> Tensor:
     """GLEE's distinct confident queries: greedy NMS by confidence over the boxes, as GLEE's own post-processing.
 
@@ -251,7 +242,8 @@ def distinct_candidates(scores: Tensor, boxes: Tensor, min_score: float = 0.1, m
         [..., Q] bool: the queries with ``scores >= min_score`` that overlap no more confident kept query by more
         than ``max_overlap`` box IoU; the most confident query is always kept, so no row is empty.
     """
-    overlap = box_iou_cxcywh(boxes.float()) > max_overlap  # [..., Q, Q]
+    corners = box_cxcywh_to_xyxy(boxes.float())
+    overlap = box_iou(corners, corners)[0] > max_overlap  # [..., Q, Q]
     order = scores.float().argsort(dim=-1, descending=True)
     keep = torch.zeros_like(scores, dtype=torch.bool)
     for rank in range(scores.shape[-1]):

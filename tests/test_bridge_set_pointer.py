@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from glee.box_ops import box_cxcywh_to_xyxy, box_iou
 from llm_bridge.losses import matched_pointer_loss, pointer_costs
 from llm_bridge.model import (
     BridgeConfig,
     ObjectSetPointerProjection,
     QueryPointerProjection,
     ReasonSegModel,
-    box_iou_cxcywh,
     distinct_candidates,
     distinct_picks,
 )
@@ -25,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_box_iou_and_distinct_candidates_are_greedy_nms_by_confidence():
     boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.31, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], [0.7, 0.7, 0.1, 0.1],
                           [0.5, 0.5, 0.1, 0.1]])
-    iou = box_iou_cxcywh(boxes)
+    corners = box_cxcywh_to_xyxy(boxes)
+    iou = box_iou(corners, corners)[0]
     torch.testing.assert_close(iou.diagonal(), torch.ones(5))
     torch.testing.assert_close(iou[0, 1], torch.tensor(0.19 * 0.2 / (0.08 - 0.19 * 0.2)))
     assert float(iou[2, 3]) == pytest.approx(0.25) and float(iou[0, 2]) == 0.0
@@ -33,6 +34,9 @@ def test_box_iou_and_distinct_candidates_are_greedy_nms_by_confidence():
     # 1 beats its duplicate 0; 3 and 2 overlap by 0.25 only: both kept; 4 is not confident
     assert distinct_candidates(scores, boxes).tolist() == [False, True, True, True, False]
     assert distinct_candidates(scores, boxes, max_overlap=0.2).tolist() == [False, True, False, True, False]
+    # leading batch dimensions: one IoU matrix per row
+    torch.testing.assert_close(box_iou(corners.expand(2, -1, -1), corners[:2].expand(2, -1, -1))[0],
+                               iou[:, :2].expand(2, -1, -1))
     # nothing confident: the most confident query is still a candidate; rows are independent
     batched = distinct_candidates(torch.stack([scores, scores * 0.01]), boxes.expand(2, -1, -1))
     assert batched[0].tolist() == [False, True, True, True, False]
