@@ -57,6 +57,7 @@ from transformers.processing_utils import MultiModalData
 from glee.checkpoint import CONFIG_NAME
 from glee.config import GleeConfig
 from glee.modeling.glee_model import CategoryEmbeddings, GleeModel
+from glee.modeling.object_decoder import DecoderPrompt
 
 MODEL_TYPE = "glee_vision_model"
 DEFAULT_PROMPT = ("object",)
@@ -200,31 +201,35 @@ class GleeFeatureExtractor(nn.Module):
         return self
 
     # ------------------------------------------------------------------ forward
+    def _encoded(self, names: list[str], cached: CategoryEmbeddings | None) -> CategoryEmbeddings:
+        """GLEE's text embeddings of ``names``: ``cached`` while it still fits (frozen tower, same device and
+        dtype), else encoded anew (with grad when the tower trains)."""
+        if (self.frozen and cached is not None and cached.class_embeddings.device == self.device
+                and cached.class_embeddings.dtype == self.dtype):
+            return cached
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.glee.encode_categories(names)
+
     def _prompt(self) -> CategoryEmbeddings | list[str]:
         if not self.frozen:
             return self.prompt
-        cache = self._prompt_cache
-        if cache is None or cache.class_embeddings.device != self.device or cache.class_embeddings.dtype != self.dtype:
-            with torch.no_grad():
-                cache = self.glee.encode_categories(self.prompt)
-            self._prompt_cache = cache
-        return cache
+        self._prompt_cache = self._encoded(self.prompt, self._prompt_cache)
+        return self._prompt_cache
 
     def set_evidence_categories(self, names: Sequence[str] | None) -> None:
         """Score the queries' evidence against ``names`` from now on (None: the prompt); see the class docs."""
         if names is not None and (isinstance(names, str) or not names):
             raise ValueError(f"evidence_categories must be None or a non-empty list of names, got {names!r}")
         self.evidence_categories = None if names is None else list(names)
-        self._evidence_cache: Tensor | None = None
+        self._evidence_cache: CategoryEmbeddings | None = None
 
-    def _evidence_embeddings(self) -> Tensor:
-        """[K, C] class embeddings of ``evidence_categories`` (cached when frozen)."""
-        cache = self._evidence_cache
-        if cache is None or cache.device != self.device or cache.dtype != self.dtype or not self.frozen:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-                cache = self.glee.encode_categories(self.evidence_categories).class_embeddings
-            self._evidence_cache = cache if self.frozen else None
-        return cache
+    def _evidence_logits(self, query_embeddings: Tensor) -> Tensor:
+        """[B, Q, C] -> [B, Q, K] GLEE's class logits of its queries for ``evidence_categories`` (its own class
+        head, ``prediction_heads``, as if those names had been the prompt)."""
+        names = self._encoded(self.evidence_categories, self._evidence_cache)
+        self._evidence_cache = names if self.frozen else None
+        prompt = DecoderPrompt(class_embeddings=names.class_embeddings)
+        return self.glee.predictor.prediction_heads(query_embeddings, None, prompt, with_masks=False)[1]
 
     def forward(self, pixel_values: Tensor) -> VisualFeatures:
         """
@@ -249,8 +254,8 @@ class GleeFeatureExtractor(nn.Module):
                 pooled = F.adaptive_avg_pool2d(pix, (g, g)).flatten(2).transpose(1, 2)  # [B, g*g, mask_dim]
                 tokens = torch.cat([tokens, pooled], dim=1)
             logits = out.pred_logits
-            if self.evidence_categories is not None:  # GLEE's class head on other names: z @ category_embed @ e^T
-                logits = head.decoder_norm(out.query_embeddings) @ head.category_embed @ self._evidence_embeddings().t()
+            if self.evidence_categories is not None:
+                logits = self._evidence_logits(out.query_embeddings)
             evidence = query_evidence(logits, out.pred_scores, out.pred_boxes)
         return VisualFeatures(tokens, pix, out.mask_stride, tuple(out.padded_size), query_masks, evidence)
 
