@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -99,6 +100,12 @@ class BridgeConfig:
     # query_pointer head only, > 0: the set-aware head (ObjectSetPointerProjection): it points among GLEE's distinct
     # confident queries only, and its keys pass through this many transformer layers over those objects
     pointer_context_layers: int = 0
+    # query_pointer head, eval only, > 0: a [SEG]'s mask also covers every candidate query that no [SEG] of its
+    # answer took and that it points at with at least this fraction of its top attention (the union of those query
+    # masks), so an answer with fewer [SEG]s than the objects it means ("They are [SEG] and [SEG]" for four warm
+    # shapes; LISA's one-[SEG] answers) still covers them, and a [SEG] never takes a query below that fraction
+    # (a surplus [SEG] repeats an object); 0: the single best, distinct query (see cover_queries)
+    pointer_cover_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if self.glee is None:
@@ -110,6 +117,11 @@ class BridgeConfig:
         if self.pointer_context_layers and not (self.seg_head == "query_pointer" and self.query_evidence):
             raise ValueError("pointer_context_layers needs seg_head='query_pointer' with query_evidence=True (the "
                              "set-aware head picks its candidate objects by GLEE's confidence and boxes)")
+        if not 0.0 <= self.pointer_cover_ratio <= 1.0:
+            raise ValueError(f"pointer_cover_ratio is a fraction of the top attention in [0, 1], got "
+                             f"{self.pointer_cover_ratio}")
+        if self.pointer_cover_ratio and self.seg_head != "query_pointer":
+            raise ValueError("pointer_cover_ratio needs seg_head='query_pointer' (it widens the pointer's pick)")
 
     @property
     def glee_config(self) -> GleeConfig:
@@ -138,8 +150,11 @@ def build_pointer_head(config: BridgeConfig, hidden: int, tower: GleeFeatureExtr
         return build_seg_projection(hidden, tower.mask_dim)
     evidence = tower.evidence_dim if config.query_evidence else 0
     if config.pointer_context_layers:
-        return ObjectSetPointerProjection(hidden, tower.hidden_size, evidence, config.pointer_context_layers)
-    return QueryPointerProjection(hidden, tower.hidden_size, evidence_dim=evidence)
+        head = ObjectSetPointerProjection(hidden, tower.hidden_size, evidence, config.pointer_context_layers)
+    else:
+        head = QueryPointerProjection(hidden, tower.hidden_size, evidence_dim=evidence)
+    head.cover_ratio = config.pointer_cover_ratio
+    return head
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -176,8 +191,12 @@ class QueryPointerProjection(nn.Module):
     Training uses the soft mix (the mask losses reach the attention through it); in eval mode the head takes
     the single best query, as greedy decoding takes the best token (the [SEG]s of one answer take distinct
     ones: :func:`distinct_picks`): GLEE's query masks are sharp logits of opposite sign, so a soft mix shows a
-    mask only once the right query holds most of the attention.
+    mask only once the right query holds most of the attention.  With ``cover_ratio`` > 0
+    (``BridgeConfig.pointer_cover_ratio``) a [SEG] takes its pick and the queries :func:`cover_queries` adds,
+    and its mask is the union of theirs.
     """
+
+    cover_ratio: float = 0.0  # eval only; set from the config, not a weight
 
     def __init__(self, hidden: int, query_dim: int, key_dim: int = 128, evidence_dim: int = 0) -> None:
         super().__init__()
@@ -212,14 +231,18 @@ class QueryPointerProjection(nn.Module):
             groups: [n] the answer of each state: in eval mode the [SEG]s of one answer take distinct queries
                 (training matches them to distinct objects); None: every state picks alone.
         Returns:
-            [n, D] mask embeddings.
+            [n, D] mask embeddings; in eval mode with ``cover_ratio`` > 0, [n, K, D]: the mask embeddings of the
+            K queries each [SEG] covers (its pick repeated where it covers fewer), whose masks' union
+            (:meth:`ReasonSegModel.decode_masks` takes the maximum logit) is its mask.
         """
         log_weights = self.log_weights(states, queries, evidence)
         if self.training:
-            weights = log_weights.exp()
-        else:
-            weights = F.one_hot(distinct_picks(log_weights, groups), log_weights.shape[-1]).to(log_weights.dtype)
-        return torch.einsum("nq,nqd->nd", weights, query_masks.float())
+            return torch.einsum("nq,nqd->nd", log_weights.exp(), query_masks.float())
+        picks = distinct_picks(log_weights, groups)
+        if not self.cover_ratio:
+            return torch.einsum("nq,nqd->nd", F.one_hot(picks, log_weights.shape[-1]).float(), query_masks.float())
+        covered = cover_queries(log_weights, picks, groups, self.cover_ratio)  # [n, K]
+        return query_masks.float().gather(1, covered[..., None].expand(-1, -1, query_masks.shape[-1]))
 
     def log_weights(self, states: Tensor, queries: Tensor, evidence: Tensor | None = None) -> Tensor:
         """[n, H], [n, Q, C] (, [n, Q, E]) -> [n, Q] log-attention of each [SEG] over its image's queries (fp32)."""
@@ -331,6 +354,40 @@ def distinct_picks(log_weights: Tensor, groups: Tensor | None = None) -> Tensor:
         order, cols = linear_sum_assignment(block, maximize=True)
         picks[rows[torch.as_tensor(order)]] = torch.as_tensor(cols, device=picks.device)
     return picks
+
+
+def cover_queries(log_weights: Tensor, picks: Tensor, groups: Tensor | None, ratio: float) -> Tensor:
+    """[n, Q] log-attention, [n] distinct picks -> [n, K] the queries each [SEG] covers: its pick first, then every
+    query that no [SEG] of its answer picked, that it attends to most among its answer's [SEG]s, with at least
+    ``ratio`` times its own top weight; rows are padded with their pick (a union that repeats a mask is the same
+    union).  A [SEG] whose distinct pick is below ``ratio`` times its top takes its top instead.
+
+    The attention of a [SEG] spreads evenly over the objects it cannot tell apart: the [SEG]s of an answer about
+    four warm shapes each weigh all four, so the ones left over when the answer names only two are covered too,
+    while a [SEG] sure of one object covers only that one; and an answer with more [SEG]s than objects repeats
+    one of them rather than adding an object none of its [SEG]s means.
+    """
+    n, num_queries = log_weights.shape
+    if n == 0:
+        return picks[:, None]
+    groups = torch.arange(n, device=picks.device) if groups is None else groups.to(picks.device)
+    log_weights = log_weights.detach().float()
+    top, best_query = log_weights.max(-1)
+    floor = top + (math.log(ratio) if ratio > 0 else float("-inf"))
+    picks = torch.where(log_weights.gather(1, picks[:, None])[:, 0] >= floor, picks, best_query)
+    extra: list[list[int]] = [[] for _ in range(n)]
+    for group in torch.unique(groups).tolist():
+        rows = (groups == group).nonzero().flatten()
+        block = log_weights[rows]  # [r, Q]
+        best, owner = block.max(0)  # the [SEG] of this answer that attends to each query most
+        free = torch.ones(num_queries, dtype=torch.bool, device=block.device)
+        free[picks[rows]] = False
+        for q in (free & torch.isfinite(best) & (best >= floor[rows][owner])).nonzero().flatten().tolist():
+            extra[int(rows[owner[q]])].append(q)
+    covered = picks[:, None].repeat(1, 1 + max(len(e) for e in extra))
+    for row, queries in enumerate(extra):
+        covered[row, 1:1 + len(queries)] = torch.tensor(queries, dtype=covered.dtype, device=covered.device)
+    return covered
 
 
 @dataclass
@@ -600,6 +657,12 @@ class ReasonSegModel(nn.Module):
         tower.set_evidence_categories(names)
         self.config.evidence_categories = tower.evidence_categories
 
+    def set_pointer_cover_ratio(self, ratio: float) -> None:
+        """Decode each [SEG] with the queries it covers at ``ratio`` from now on (``config.pointer_cover_ratio``;
+        eval only, nothing to refit)."""
+        dataclasses.replace(self.config, pointer_cover_ratio=float(ratio))  # validates (BridgeConfig.__post_init__)
+        self.config.pointer_cover_ratio = self.seg_projection.cover_ratio = float(ratio)
+
     def _context_message(self, length: int, has_image: bool) -> str:
         visual = f" including {self.num_visual_tokens} visual tokens" if has_image else ""
         return (f"the prompt is {length} tokens{visual}, but the context holds {self.max_context} "
@@ -648,7 +711,8 @@ class ReasonSegModel(nn.Module):
 
     def project_seg(self, states: list[Tensor], visual: VisualFeatures | None = None,
                     image_rows: Tensor | Sequence[int] | None = None) -> list[Tensor]:
-        """Per row [n_b, H] hidden states -> [n_b, D] mask embeddings (one batched call).
+        """Per row [n_b, H] hidden states -> [n_b, D] mask embeddings (one batched call; [n_b, K, D] from a
+        pointer head with ``pointer_cover_ratio`` in eval mode, see :meth:`QueryPointerProjection.forward`).
 
         ``visual`` and ``image_rows`` (the image of each row) are needed by the ``query_pointer`` head, which
         points at the object queries of the row's image; LISA's ``mlp`` head ignores them.
@@ -744,7 +808,8 @@ class ReasonSegModel(nn.Module):
         original_sizes: Sequence[tuple[int, int]] | None = None,
         resized_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[Tensor]:
-        """Mask logits per image [n_i, H_i, W_i] (float32), grouping rows' [SEG] embeddings by image.
+        """Mask logits per image [n_i, H_i, W_i] (float32), grouping rows' [SEG] embeddings by image
+        ([n_b, D], or [n_b, K, D]: the union, by maximum logit, of K masks per [SEG]).
 
         Without ``original_sizes`` the masks stay at the tower's input resolution (S x S, padding included).
         """
@@ -764,10 +829,13 @@ class ReasonSegModel(nn.Module):
             emb = [e for e, r in zip(seg_embeddings, rows) if r == i]
             emb_i = torch.cat(emb) if emb else visual.pixel_embeddings.new_zeros((0, self.mask_dim))
             pix = visual.pixel_embeddings[i].to(emb_i.device)
-            low = torch.einsum("nd,dhw->nhw", emb_i.float(), pix.float())
+            covered = emb_i.shape[1] if emb_i.dim() == 3 else 0  # K queries per [SEG] (pointer_cover_ratio)
+            low = torch.einsum("nd,dhw->nhw", emb_i.reshape(-1, emb_i.shape[-1]).float(), pix.float())
             original = original_sizes[i] if original_sizes is not None else None
             resized = resized_sizes[i] if resized_sizes is not None else None
-            out.append(postprocess_masks(low, visual.input_size, resized, original))
+            masks = postprocess_masks(low, visual.input_size, resized, original)
+            # the union of each [SEG]'s K masks, at the output size (where they are thresholded)
+            out.append(masks.unflatten(0, (-1, covered)).amax(1) if covered else masks)
         return out
 
     # ------------------------------------------------------------------ forward

@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evidence-categories", help="names GLEE's class head reads each query against for the "
                    "evidence (BridgeConfig.evidence_categories): a comma list, COCO JSON or text file; needs a fresh "
                    "head (--fresh-head or --context-layers) and a fresh --cache")
+    p.add_argument("--cover-ratio", type=float, help="write BridgeConfig.pointer_cover_ratio into the refitted "
+                   "bridge: each [SEG] also covers the unpicked objects it points at with this fraction of its top "
+                   "weight (default: keep the bridge's)")
     p.add_argument("--schedule", choices=("constant", "onecycle"), default="constant", help="learning-rate schedule")
     p.add_argument("--passes", type=int, default=1, help="samples (question wordings) per training image")
     p.add_argument("--epochs", type=int, default=20)
@@ -266,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"val pick accuracy before fitting: {pick_accuracy(head, val):.3f}", flush=True)
     fit_pointer_head(head, examples, args.epochs, args.lr, args.weight_decay, args.batch_size, args.seed, val,
                      schedule=args.schedule)
+    if args.cover_ratio is not None:
+        model.set_pointer_cover_ratio(args.cover_ratio)
     out = model.save_pretrained(args.output_dir)
     print(f"bridge written to {out}", flush=True)
     return 0

@@ -16,6 +16,8 @@ Ground truth comes from the ReasonSeg reader (``llm_bridge.data.reason_seg.load_
 gIoU and cIoU are computed by ``eval.evaluate_predictions("reasonseg", ...)`` (ignore pixels excluded, as in
 LISA), overall and per ``template`` (the question type recorded by scripts/make_shapesworld_reasoning.py; other
 sets count as one template).  Prints a table with the machine; ``--json`` also writes every answer.
+``--cover-ratio R`` decodes a ``query_pointer`` bridge with ``BridgeConfig.pointer_cover_ratio = R`` instead of its
+own (each [SEG] also covers the unpicked objects it points at with R times its top weight).
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     tic = time.perf_counter()
     chat = BridgeChat.from_pretrained(args.bridge, dtype=dtype)
+    if args.cover_ratio is not None:
+        chat.model.set_pointer_cover_ratio(args.cover_ratio)
     load_s = time.perf_counter() - tic
     gt: dict[str, np.ndarray] = {}
     templates: dict[str, str] = {}
@@ -147,6 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "num_items": len(items),
         "dtype": args.dtype,
         "max_new_tokens": args.max_new_tokens,
+        "pointer_cover_ratio": chat.model.config.pointer_cover_ratio,
         "load_seconds": load_s,
         "modes": results,
         "items": records,
@@ -168,7 +173,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"machine: {report['machine']}",
         f"bridge: {report['bridge']} ({report['dtype']}) | data: {report['data']} split {report['split']} | "
-        f"{report['num_items']} items | load {report['load_seconds']:.1f}s",
+        f"{report['num_items']} items | load {report['load_seconds']:.1f}s | pointer_cover_ratio "
+        f"{report['pointer_cover_ratio']}",
     ]
     for mode in modes:
         r = report["modes"][mode]
@@ -201,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="generate,forced", help="comma list of: generate, forced")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--cover-ratio", type=float, help="override the bridge's pointer_cover_ratio (query_pointer "
+                   "heads: each [SEG] also covers the unpicked objects it points at with this fraction of its top "
+                   "weight; 0: its single best)")
     p.add_argument("--json", help="write the report (metrics + every answer) here")
     args = p.parse_args(argv)
     if not (Path(args.bridge) / "bridge_config.json").is_file():

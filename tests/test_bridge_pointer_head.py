@@ -16,6 +16,7 @@ from llm_bridge.model import (
     MissingPixelEmbeddingError,
     QueryPointerProjection,
     ReasonSegModel,
+    cover_queries,
     distinct_picks,
 )
 from llm_bridge.testing import ForcedAnswer, random_image_inputs, tiny_bridge, tiny_llm_dir
@@ -361,3 +362,66 @@ def test_the_seg_of_one_answer_take_distinct_queries_in_eval(model, images):
     torch.testing.assert_close(emb[0][0], visual.query_mask_embeddings[0, 3])
     assert not torch.allclose(emb[0][1], visual.query_mask_embeddings[0, 3])
     torch.testing.assert_close(emb[1][0], visual.query_mask_embeddings[0, 3])  # another answer: its own best
+
+
+def test_cover_queries_adds_the_objects_a_seg_cannot_tell_apart():
+    alone = torch.log(torch.tensor([[0.30, 0.28, 0.27, 0.14, 0.01, 0.0]]))  # query 5: not a candidate (-inf)
+    pick = distinct_picks(alone.clone())
+    assert pick.tolist() == [0]
+    assert cover_queries(alone, pick, None, 0.5).tolist() == [[0, 1, 2]]  # 0.14 < 0.5 * 0.30
+    assert cover_queries(alone, pick, None, 0.95).tolist() == [[0]]  # sure enough of one object: only it
+    assert cover_queries(alone, pick, None, 0.0).tolist() == [[0, 1, 2, 3, 4]]  # every candidate
+    # one answer, two [SEG]s: each leftover query goes to the [SEG] that attends to it most, if near its top
+    answer = torch.log(torch.tensor([[0.40, 0.35, 0.05, 0.19],
+                                     [0.10, 0.30, 0.35, 0.25]]))
+    picks = distinct_picks(answer.clone(), torch.tensor([0, 0]))
+    assert picks.tolist() == [0, 2]
+    assert cover_queries(answer, picks, torch.tensor([0, 0]), 0.5).tolist() == [[0, 1], [2, 3]]
+    # rows padded with their own pick; two answers never share a query's ownership
+    apart = cover_queries(answer, torch.tensor([0, 2]), torch.tensor([0, 1]), 0.5)
+    assert apart.tolist() == [[0, 1, 0], [2, 1, 3]]
+    assert cover_queries(answer[:0], picks[:0], None, 0.5).shape == (0, 1)
+    # more [SEG]s than objects: the third is pushed off the two it means onto a far weaker one, so it repeats its top
+    surplus = torch.log(torch.tensor([[0.5, 0.45, 0.05], [0.45, 0.5, 0.05], [0.48, 0.47, 0.05]]))
+    forced = distinct_picks(surplus.clone(), torch.tensor([0, 0, 0]))
+    assert sorted(forced.tolist()) == [0, 1, 2] and int(forced[2]) == 2
+    assert cover_queries(surplus, forced, torch.tensor([0, 0, 0]), 0.5).tolist() == [[0], [1], [0]]
+    assert cover_queries(surplus, forced, torch.tensor([0, 0, 0]), 0.05).tolist() == [[0], [1], [2]]
+
+
+def test_a_covering_seg_decodes_the_union_of_its_queries_masks(model, images):
+    visual = images["visual"].select([0])
+    head = model.seg_projection
+    fixed = torch.log(torch.tensor([[0.05, 0.4, 0.05, 0.35, 0.1, 0.05]]))  # over the 6 object queries
+    original_log_weights, original_ratio = head.log_weights, head.cover_ratio
+    head.log_weights = lambda states, queries, evidence=None: fixed.expand(states.shape[0], -1)
+    try:
+        with torch.no_grad():
+            single = model.project_seg([torch.randn(1, model.hidden_size)], visual, [0])
+            head.cover_ratio = 0.5
+            covering = model.project_seg([torch.randn(1, model.hidden_size)], visual, [0])
+            ids, mask, _ = batch(model, [conv("Segment the pair.", "[SEG].")])
+            forward = model(ids, mask, visual=visual).pred_masks[0]
+    finally:
+        head.log_weights, head.cover_ratio = original_log_weights, original_ratio
+    torch.testing.assert_close(single[0][0], visual.query_mask_embeddings[0, 1])
+    assert covering[0].shape == (1, 2, model.mask_dim)
+    torch.testing.assert_close(covering[0][0], visual.query_mask_embeddings[0, [1, 3]])
+    with torch.no_grad():
+        union = model.decode_masks(covering, visual, [0])[0]
+        each = model.decode_masks([visual.query_mask_embeddings[0, [1, 3]]], visual, [0])[0]
+    torch.testing.assert_close(union[0], each.amax(0))
+    torch.testing.assert_close(forward[0], union[0])
+    assert not torch.equal(union[0], each[0]) and not torch.equal(union[0], each[1])
+
+
+def test_pointer_cover_ratio_comes_from_the_config_and_is_checked(tmp_path):
+    covering = tiny_bridge(tiny_llm_dir(), pooled_tokens_per_side=0, seg_head="query_pointer",
+                           pointer_cover_ratio=0.4)
+    assert covering.seg_projection.cover_ratio == 0.4
+    covering.save_pretrained(tmp_path / "bridge")
+    assert ReasonSegModel.from_pretrained(tmp_path / "bridge").seg_projection.cover_ratio == 0.4
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        BridgeConfig(seg_head="query_pointer", pointer_cover_ratio=1.5)
+    with pytest.raises(ValueError, match="needs seg_head='query_pointer'"):
+        BridgeConfig(pointer_cover_ratio=0.5)

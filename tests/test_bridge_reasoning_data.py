@@ -245,6 +245,16 @@ def test_bench_script_end_to_end_on_a_tiny_bridge(reasoning, tmp_path, capsys):
         assert sum(v["n"] for v in report["modes"][mode]["per_template"].values()) == 2
     assert all(isinstance(r["answer"], str) and r["prompt"].endswith("Please output segmentation mask.")
                for r in report["items"])
+    assert report["pointer_cover_ratio"] == 0.0
+    # --cover-ratio: a query_pointer bridge decoded with its [SEG]s covering near-top objects; an mlp head refuses
+    tiny_bridge(tiny_llm_dir(), seg_head="query_pointer").save_pretrained(tmp_path / "pointer")
+    with single_thread():
+        assert bench.main([str(tmp_path / "pointer"), "--data", str(reasoning), "--limit", "1", "--threads", "1",
+                           "--max-new-tokens", "4", "--cover-ratio", "0.5", "--json", str(out)]) == 0
+        assert bench.main([str(tmp_path / "bridge"), "--data", str(reasoning), "--limit", "1", "--threads", "1",
+                           "--cover-ratio", "0.5"]) == 1
+    assert json.loads(out.read_text())["pointer_cover_ratio"] == 0.5
+    assert "pointer_cover_ratio needs seg_head='query_pointer'" in capsys.readouterr().err
 
 
 def test_instance_masks_give_one_seg_and_one_mask_per_answer_object(world, reasoning):

@@ -183,8 +183,11 @@ def test_pointer_fit_cli_builds_a_set_pointer_on_word_evidence(set_bridge, tmp_p
     assert fitted.config.query_evidence and fitted.config.pointer_context_layers == 1
     assert fitted.config.evidence_categories == ["red", "star"] and fitted.tower.evidence_dim == 7
     refit = ["--bridge", str(tmp_path / "fit"), "--output-dir", str(tmp_path / "refit"), "--reason-seg-data",
-             f"{data}|train", "--epochs", "1", "--cache", str(tmp_path / "cache.pt"), "--fresh-head"]
+             f"{data}|train", "--epochs", "1", "--cache", str(tmp_path / "cache.pt"), "--fresh-head",
+             "--cover-ratio", "0.5"]
     assert main(refit) == 0  # a fresh head of the kind the bridge has: set-aware
-    assert isinstance(ReasonSegModel.from_pretrained(tmp_path / "refit").seg_projection, ObjectSetPointerProjection)
+    refitted = ReasonSegModel.from_pretrained(tmp_path / "refit")
+    assert isinstance(refitted.seg_projection, ObjectSetPointerProjection)
+    assert refitted.config.pointer_cover_ratio == refitted.seg_projection.cover_ratio == 0.5
     with pytest.raises(ValueError, match="schedule"):
         fit_pointer_head(fitted.seg_projection, cache, schedule="cosine")
