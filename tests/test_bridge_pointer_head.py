@@ -377,7 +377,7 @@ def test_cover_queries_adds_the_objects_a_seg_cannot_tell_apart():
     picks = distinct_picks(answer.clone(), torch.tensor([0, 0]))
     assert picks.tolist() == [0, 2]
     assert cover_queries(answer, picks, torch.tensor([0, 0]), 0.5).tolist() == [[0, 1], [2, 3]]
-    # rows padded with their own pick; two answers never share a query's ownership
+    # rows padded with their own pick; separate answers cover on their own (both may cover query 1)
     apart = cover_queries(answer, torch.tensor([0, 2]), torch.tensor([0, 1]), 0.5)
     assert apart.tolist() == [[0, 1, 0], [2, 1, 3]]
     assert cover_queries(answer[:0], picks[:0], None, 0.5).shape == (0, 1)
