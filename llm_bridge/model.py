@@ -150,11 +150,8 @@ def build_pointer_head(config: BridgeConfig, hidden: int, tower: GleeFeatureExtr
         return build_seg_projection(hidden, tower.mask_dim)
     evidence = tower.evidence_dim if config.query_evidence else 0
     if config.pointer_context_layers:
-        head = ObjectSetPointerProjection(hidden, tower.hidden_size, evidence, config.pointer_context_layers)
-    else:
-        head = QueryPointerProjection(hidden, tower.hidden_size, evidence_dim=evidence)
-    head.cover_ratio = config.pointer_cover_ratio
-    return head
+        return ObjectSetPointerProjection(hidden, tower.hidden_size, evidence, config.pointer_context_layers)
+    return QueryPointerProjection(hidden, tower.hidden_size, evidence_dim=evidence)
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -196,8 +193,6 @@ class QueryPointerProjection(nn.Module):
     and its mask is the union of theirs.
     """
 
-    cover_ratio: float = 0.0  # eval only; set from the config, not a weight
-
     def __init__(self, hidden: int, query_dim: int, key_dim: int = 128, evidence_dim: int = 0) -> None:
         super().__init__()
         self.query = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, key_dim))
@@ -221,7 +216,7 @@ class QueryPointerProjection(nn.Module):
         nn.init.zeros_(self.evidence_key.weight)
 
     def forward(self, states: Tensor, queries: Tensor, query_masks: Tensor, evidence: Tensor | None = None,
-                groups: Tensor | None = None) -> Tensor:
+                groups: Tensor | None = None, cover_ratio: float = 0.0) -> Tensor:
         """
         Args:
             states: [n, H] hidden states that predicted each [SEG].
@@ -230,6 +225,7 @@ class QueryPointerProjection(nn.Module):
             evidence: [n, Q, E] GLEE's evidence of each query (needed when the head has ``evidence_key``).
             groups: [n] the answer of each state: in eval mode the [SEG]s of one answer take distinct queries
                 (training matches them to distinct objects); None: every state picks alone.
+            cover_ratio: eval only, > 0: each [SEG] also covers the queries :func:`cover_queries` adds.
         Returns:
             [n, D] mask embeddings; in eval mode with ``cover_ratio`` > 0, [n, K, D]: the mask embeddings of the
             K queries each [SEG] covers (its pick repeated where it covers fewer), whose masks' union
@@ -239,9 +235,9 @@ class QueryPointerProjection(nn.Module):
         if self.training:
             return torch.einsum("nq,nqd->nd", log_weights.exp(), query_masks.float())
         picks = distinct_picks(log_weights, groups)
-        if not self.cover_ratio:
+        if not cover_ratio:
             return torch.einsum("nq,nqd->nd", F.one_hot(picks, log_weights.shape[-1]).float(), query_masks.float())
-        covered = cover_queries(log_weights, picks, groups, self.cover_ratio)  # [n, K]
+        covered = cover_queries(log_weights, picks, groups, cover_ratio)  # [n, K]
         return query_masks.float().gather(1, covered[..., None].expand(-1, -1, query_masks.shape[-1]))
 
     def log_weights(self, states: Tensor, queries: Tensor, evidence: Tensor | None = None) -> Tensor:
@@ -661,7 +657,7 @@ class ReasonSegModel(nn.Module):
         """Decode each [SEG] with the queries it covers at ``ratio`` from now on (``config.pointer_cover_ratio``;
         eval only, nothing to refit)."""
         dataclasses.replace(self.config, pointer_cover_ratio=float(ratio))  # validates (BridgeConfig.__post_init__)
-        self.config.pointer_cover_ratio = self.seg_projection.cover_ratio = float(ratio)
+        self.config.pointer_cover_ratio = float(ratio)
 
     def _context_message(self, length: int, has_image: bool) -> str:
         visual = f" including {self.num_visual_tokens} visual tokens" if has_image else ""
@@ -726,7 +722,8 @@ class ReasonSegModel(nn.Module):
             return list(self.seg_projection(flat).split(sizes))
         queries, query_masks, evidence = self._pointer_targets(sizes, visual, image_rows)
         groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
-        return list(self.seg_projection(flat, queries, query_masks, evidence, groups).split(sizes))
+        return list(self.seg_projection(flat, queries, query_masks, evidence, groups,
+                                        self.config.pointer_cover_ratio).split(sizes))
 
     def _pointer_targets(self, sizes: list[int], visual: VisualFeatures | None,
                          image_rows: Tensor | Sequence[int] | None) -> tuple[Tensor, Tensor, Tensor | None]:

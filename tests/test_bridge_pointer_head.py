@@ -393,17 +393,18 @@ def test_a_covering_seg_decodes_the_union_of_its_queries_masks(model, images):
     visual = images["visual"].select([0])
     head = model.seg_projection
     fixed = torch.log(torch.tensor([[0.05, 0.4, 0.05, 0.35, 0.1, 0.05]]))  # over the 6 object queries
-    original_log_weights, original_ratio = head.log_weights, head.cover_ratio
+    original_log_weights, original_ratio = head.log_weights, model.config.pointer_cover_ratio
     head.log_weights = lambda states, queries, evidence=None: fixed.expand(states.shape[0], -1)
     try:
         with torch.no_grad():
             single = model.project_seg([torch.randn(1, model.hidden_size)], visual, [0])
-            head.cover_ratio = 0.5
+            model.set_pointer_cover_ratio(0.5)
             covering = model.project_seg([torch.randn(1, model.hidden_size)], visual, [0])
             ids, mask, _ = batch(model, [conv("Segment the pair.", "[SEG].")])
             forward = model(ids, mask, visual=visual).pred_masks[0]
     finally:
-        head.log_weights, head.cover_ratio = original_log_weights, original_ratio
+        head.log_weights = original_log_weights
+        model.set_pointer_cover_ratio(original_ratio)
     torch.testing.assert_close(single[0][0], visual.query_mask_embeddings[0, 1])
     assert covering[0].shape == (1, 2, model.mask_dim)
     torch.testing.assert_close(covering[0][0], visual.query_mask_embeddings[0, [1, 3]])
@@ -418,9 +419,15 @@ def test_a_covering_seg_decodes_the_union_of_its_queries_masks(model, images):
 def test_pointer_cover_ratio_comes_from_the_config_and_is_checked(tmp_path):
     covering = tiny_bridge(tiny_llm_dir(), pooled_tokens_per_side=0, seg_head="query_pointer",
                            pointer_cover_ratio=0.4)
-    assert covering.seg_projection.cover_ratio == 0.4
+    assert covering.config.pointer_cover_ratio == 0.4
     covering.save_pretrained(tmp_path / "bridge")
-    assert ReasonSegModel.from_pretrained(tmp_path / "bridge").seg_projection.cover_ratio == 0.4
+    loaded = ReasonSegModel.from_pretrained(tmp_path / "bridge").eval()
+    assert loaded.config.pointer_cover_ratio == 0.4
+    visual = random_image_inputs(loaded)["visual"]
+    with torch.no_grad():  # the loaded ratio is what decoding uses: K covered queries per [SEG]
+        assert loaded.project_seg([torch.randn(1, loaded.hidden_size)], visual, [0])[0].dim() == 3
+        loaded.config.pointer_cover_ratio = 0.0  # read at each call: setting the config is enough
+        assert loaded.project_seg([torch.randn(1, loaded.hidden_size)], visual, [0])[0].dim() == 2
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         BridgeConfig(seg_head="query_pointer", pointer_cover_ratio=1.5)
     with pytest.raises(ValueError, match="needs seg_head='query_pointer'"):
